@@ -1,0 +1,64 @@
+"""``llmrelay serve``: the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import Settings
+from ..relay import Relay
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI/Anthropic-compatible gateway")
+    p.add_argument("--config", help="YAML config file (default: the embedded default, simulated models)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1, or server.host)")
+    p.add_argument("--port", type=int, help="port to listen on (default 4000, or server.port)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..server import build_app
+
+    settings = Settings.load(args.config)
+    server = settings.server.model_copy(
+        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    )
+    settings = settings.model_copy(update={"server": server})
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = build_app(Relay(settings), on_startup=lambda relay: _banner(relay, server.host, server.port))
+    config = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        lifespan="on",
+        log_level=args.log_level,
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn_server = uvicorn.Server(config)
+    uvicorn_server.run()
+    return 0 if uvicorn_server.started else 1
+
+
+def _banner(relay: Relay, host: str, port: int) -> None:
+    lines = [
+        f"llmrelay gateway on http://{host}:{port}  (OpenAI: /v1/chat/completions, Anthropic: /v1/messages)"
+    ]
+    if relay.settings.server.master_key is None:
+        lines.append("  auth: none (set server.master_key in a config to require a key)")
+    lines.append("  models:")
+    for entry in relay.catalog:
+        label = "simulated" if entry.simulated else entry.provider.base_url
+        lines.append(f"    {entry.name:<24} {entry.settings.tier:<9} {entry.provider_name} ({label})")
+    if any(e.simulated for e in relay.catalog):
+        lines.append("  simulated models answer from llmrelay's built-in simulator, not a real LLM;")
+        lines.append("  set OPENAI_API_KEY / ANTHROPIC_API_KEY, or pass --config, to serve real ones.")
+    print("\n".join(lines), file=sys.stderr, flush=True)

@@ -1,0 +1,30 @@
+"""``llmrelay simulate``: the simulated upstream on its own (see docs/simulator.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate", help="run the simulated OpenAI/Anthropic upstream (faults, latency, rules)"
+    )
+    p.add_argument("--config", help="simulator YAML file (rules, latency, faults)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    p.add_argument("--seed", type=int, default=None, help="seed for fault sampling")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..simulator import SimulatorSettings
+    from ..simulator import run as run_simulator
+
+    settings = SimulatorSettings.load(args.config) if args.config else SimulatorSettings()
+    overrides = {
+        k: v for k, v in (("host", args.host), ("port", args.port), ("seed", args.seed)) if v is not None
+    }
+    settings = settings.model_copy(update=overrides)
+    print(f"llmrelay simulator on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+    run_simulator(settings)
+    return 0

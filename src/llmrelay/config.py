@@ -1,0 +1,235 @@
+"""YAML config (with ``${VAR}`` / ``${VAR:-default}`` interpolation) -> typed, immutable settings.
+
+Built once at start-up and passed down explicitly; nothing reads the environment after that.
+With no file, ``Settings.embedded()`` gives the zero-setup default: simulated models served by an
+embedded simulator, plus the real OpenAI/Anthropic models whose API key is set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from .errors import ConfigError
+
+ProviderKind = Literal["openai", "anthropic"]
+Tier = Literal["frontier", "mid", "small", "open"]
+Capability = Literal["tools", "json", "json_schema", "vision", "streaming"]
+
+ALL_CAPABILITIES: tuple[Capability, ...] = ("tools", "json", "json_schema", "vision", "streaming")
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSettings(_Settings):
+    """An endpoint: one wire dialect at one base URL with one credential."""
+
+    kind: ProviderKind
+    base_url: str
+    api_key_env: str | None = None  # env var holding the key; None = no key needed (local servers)
+    api_key: str | None = None  # a literal key (prefer api_key_env; interpolation works here too)
+    headers: dict[str, str] = {}
+    simulated: bool = False  # served by the embedded simulator: labelled as such everywhere
+
+
+class Price(_Settings):
+    """USD per million tokens; overrides the price catalog for one model."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+class ModelSettings(_Settings):
+    name: str  # what clients send as "model"
+    provider: str  # a key of Settings.providers
+    upstream: str | None = None  # the provider's model id; defaults to name
+    tier: Tier = "mid"
+    context_window: int = 128_000
+    max_output_tokens: int | None = None
+    capabilities: tuple[Capability, ...] = ALL_CAPABILITIES
+    price_ref: str | None = None  # model id to look up in the price catalog; defaults to upstream
+    price_provider: str | None = None  # price catalog provider id; defaults to the provider kind
+    price: Price | None = None
+
+    @property
+    def upstream_id(self) -> str:
+        return self.upstream or self.name
+
+
+class ServerSettings(_Settings):
+    host: str = "127.0.0.1"
+    port: int = 4000
+    master_key: str | None = None  # when set, clients must send it (Bearer or x-api-key)
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+class ExecuteSettings(_Settings):
+    timeout_s: float = 600.0  # total deadline for one upstream call
+    connect_timeout_s: float = 10.0
+
+
+class SimulatorRef(_Settings):
+    """The embedded simulator the gateway starts for ``simulated`` providers."""
+
+    enabled: bool = False
+    config: str | None = None  # a simulator YAML file; None = built-in rules
+
+
+class Settings(_Settings):
+    server: ServerSettings = ServerSettings()
+    execute: ExecuteSettings = ExecuteSettings()
+    providers: dict[str, ProviderSettings] = {}
+    models: list[ModelSettings] = []
+    simulator: SimulatorRef = SimulatorRef()
+    pipeline: tuple[str, ...] = ("record", "execute")
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        seen: set[str] = set()
+        for m in self.models:
+            if m.provider not in self.providers:
+                raise ValueError(f"model {m.name!r} names unknown provider {m.provider!r}")
+            if m.name in seen:
+                raise ValueError(f"model {m.name!r} is defined twice")
+            seen.add(m.name)
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from a YAML file, or the embedded default when ``path`` is None."""
+        env = os.environ if env is None else env
+        if path is None:
+            return cls.embedded(env)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"Cannot read config file {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(interpolate(text, env)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "config") -> Settings:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{source}: {where or 'top level'}: {first['msg']}") from None
+
+    @classmethod
+    def embedded(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Zero setup: simulated models, plus real ones for each provider key found in ``env``."""
+        env = os.environ if env is None else env
+        return cls.from_dict(embedded_config(env), source="embedded default")
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset variable without a default is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"Config refers to ${{{name}}}, which is not set (set it, or write ${{{name}:-default}})."
+        )
+
+    return _VAR.sub(sub, text)
+
+
+# The simulated models mirror real ones so their prices (and so the cost numbers) are realistic.
+_SIMULATED = [
+    # name, provider, price_ref, price_provider, tier, context window
+    ("sim/gpt-4o-mini", "sim-openai", "gpt-4o-mini", "openai", "small", 128_000),
+    ("sim/gpt-4o", "sim-openai", "gpt-4o", "openai", "frontier", 128_000),
+    ("sim/claude-haiku", "sim-anthropic", "claude-haiku-4-5", "anthropic", "small", 200_000),
+    ("sim/claude-sonnet", "sim-anthropic", "claude-sonnet-4-5", "anthropic", "frontier", 200_000),
+]
+
+_REAL = {
+    "OPENAI_API_KEY": (
+        "openai",
+        {"kind": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+        [
+            ("gpt-4o-mini", "small", 128_000),
+            ("gpt-4o", "frontier", 128_000),
+            ("gpt-4.1-mini", "mid", 1_047_576),
+        ],
+    ),
+    "ANTHROPIC_API_KEY": (
+        "anthropic",
+        {"kind": "anthropic", "base_url": "https://api.anthropic.com", "api_key_env": "ANTHROPIC_API_KEY"},
+        [("claude-haiku-4-5", "small", 200_000), ("claude-sonnet-4-5", "frontier", 200_000)],
+    ),
+}
+
+
+def embedded_config(env: Mapping[str, str]) -> dict[str, Any]:
+    # base_url of simulated providers is filled in once the embedded simulator has a port.
+    providers: dict[str, Any] = {
+        "sim-openai": {"kind": "openai", "base_url": "http://127.0.0.1:0/v1", "simulated": True},
+        "sim-anthropic": {"kind": "anthropic", "base_url": "http://127.0.0.1:0", "simulated": True},
+    }
+    models: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "provider": provider,
+            "upstream": price_ref,
+            "price_ref": price_ref,
+            "price_provider": price_provider,
+            "tier": tier,
+            "context_window": window,
+        }
+        for name, provider, price_ref, price_provider, tier, window in _SIMULATED
+    ]
+    for key_env, (provider, endpoint, real_models) in _REAL.items():
+        if env.get(key_env):
+            providers[provider] = endpoint
+            models += [
+                {"name": n, "provider": provider, "tier": t, "context_window": w} for n, t, w in real_models
+            ]
+    return {"providers": providers, "models": models, "simulator": {"enabled": True}}
+
+
+def with_simulator_port(settings: Settings, port: int) -> Settings:
+    """Point every ``simulated`` provider at the embedded simulator once it is listening."""
+    providers = {
+        name: p.model_copy(update={"base_url": _sim_url(p.kind, port)}) if p.simulated else p
+        for name, p in settings.providers.items()
+    }
+    return settings.model_copy(update={"providers": providers})
+
+
+def _sim_url(kind: ProviderKind, port: int) -> str:
+    return f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+
+
+__all__ = [
+    "ExecuteSettings",
+    "ModelSettings",
+    "Price",
+    "ProviderSettings",
+    "ServerSettings",
+    "Settings",
+    "SimulatorRef",
+    "interpolate",
+    "with_simulator_port",
+]

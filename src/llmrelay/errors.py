@@ -1,0 +1,235 @@
+"""The one error tree. Each class owns its HTTP status and its OpenAI and Anthropic error types.
+
+    GatewayError                      500  api_error
+    ├── ConfigError                   500  api_error           (bad config file, missing credential)
+    ├── InvalidRequestError           400  invalid_request_error
+    │   ├── ModelNotFoundError        404  invalid_request_error / not_found_error
+    │   ├── ContextLengthExceeded     400  invalid_request_error (code context_length_exceeded)
+    │   └── PayloadTooLargeError      413  invalid_request_error / request_too_large
+    ├── NotFoundError                 404  not_found_error     (unknown route)
+    ├── MethodNotAllowedError         405  invalid_request_error
+    ├── AuthenticationError           401  authentication_error
+    ├── PermissionDeniedError         403  permission_error
+    ├── RateLimitError                429  rate_limit_error    (our own limits; retry_after)
+    └── UpstreamError                 502  api_error           (provider, status_code, body, headers)
+        ├── UpstreamBadRequest        400  invalid_request_error (the provider rejected the request)
+        ├── UpstreamAuthError         502  api_error           (our credential for the provider is bad)
+        ├── UpstreamRateLimited       429  rate_limit_error    (retry_after)
+        ├── UpstreamUnavailable       503  overloaded_error    (5xx from the provider)
+        ├── UpstreamTimeout           504  timeout_error
+        ├── UpstreamConnectionError   502  api_error           (refused, reset, dropped)
+        └── UpstreamProtocolError     502  api_error           (malformed body, truncated stream)
+
+Upstream failures are translated into this tree by each provider adapter; the server renders it into
+the route's wire format in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class GatewayError(Exception):
+    status: int = 500
+    openai_type: str = "api_error"
+    anthropic_type: str = "api_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers the client should see (e.g. Retry-After)."""
+        return {}
+
+
+class ConfigError(GatewayError):
+    pass
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class ModelNotFoundError(InvalidRequestError):
+    status = 404
+    anthropic_type = "not_found_error"
+    default_code = "model_not_found"
+
+
+class ContextLengthExceeded(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status = 413
+    anthropic_type = "request_too_large"
+    default_code = "request_too_large"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    openai_type = "authentication_error"
+    anthropic_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
+
+
+class _RetryAfter:
+    retry_after: float | None
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after)))}
+
+
+class RateLimitError(_RetryAfter, GatewayError):
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    default_code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        status_code: int | None = None,
+        body: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.provider = provider
+        self.status_code = status_code
+        self.body = body
+        self.headers_in = {k.lower(): v for k, v in (headers or {}).items()}
+
+
+class UpstreamBadRequest(UpstreamError):
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = None
+
+
+class UpstreamAuthError(UpstreamError):
+    default_code = "upstream_auth_error"
+
+
+class UpstreamRateLimited(_RetryAfter, UpstreamError):
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    default_code = "upstream_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    anthropic_type = "overloaded_error"
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    anthropic_type = "timeout_error"
+    default_code = "upstream_timeout"
+
+
+class UpstreamConnectionError(UpstreamError):
+    default_code = "upstream_connection_error"
+
+
+class UpstreamProtocolError(UpstreamError):
+    default_code = "upstream_protocol_error"
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a ``Retry-After`` (or OpenAI's ``retry-after-ms``) header, if present and numeric."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        if "retry-after-ms" in lower:
+            return float(lower["retry-after-ms"]) / 1000
+        if "retry-after" in lower:
+            return float(lower["retry-after"])
+    except ValueError:
+        return None  # an HTTP-date; rare from LLM providers, and a guess is worse than none
+    return None
+
+
+def error_for_status(
+    status: int, message: str, *, provider: str, body: str | None, headers: Mapping[str, str]
+) -> UpstreamError:
+    """Map an upstream HTTP error status to our tree (shared by every adapter)."""
+    kw: dict[str, Any] = {"provider": provider, "status_code": status, "body": body, "headers": headers}
+    if status == 429:
+        return UpstreamRateLimited(message, retry_after=parse_retry_after(headers), **kw)
+    if status in (401, 403):
+        return UpstreamAuthError(f"{provider} rejected our credentials: {message}", **kw)
+    if status == 408:
+        return UpstreamTimeout(message, **kw)
+    if status == 529 or status >= 500:
+        return UpstreamUnavailable(message, **kw)
+    if "context" in message.lower() and ("length" in message.lower() or "window" in message.lower()):
+        return UpstreamBadRequest(message, code="context_length_exceeded", **kw)
+    return UpstreamBadRequest(message, **kw)
+
+
+_TYPE_STEPS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def invalid_request_from(exc: Any, *, prefix: str = "") -> InvalidRequestError:
+    """Turn a pydantic ``ValidationError`` on a client body into a 400 naming the offending field.
+
+    Union branches and tags show up in pydantic's error locations (``str``, ``list[...]``,
+    ``part:text``); they mean nothing to a client, so they are dropped from the reported path.
+    """
+    errors = exc.errors(include_url=False)
+    first = max(errors, key=lambda e: len(e["loc"]))  # the most specific failure
+    steps = [
+        str(p)
+        for p in first["loc"]
+        if not (isinstance(p, str) and (p in _TYPE_STEPS or "[" in p or ":" in p or "-" in p))
+    ]
+    param = prefix + ".".join(steps) if steps else None
+    where = f" at '{param}'" if param else ""
+    return InvalidRequestError(f"Invalid request{where}: {first['msg']}", param=param)

@@ -1,0 +1,1 @@
+"""Recording calls: timings, usage, cost (and, later, the durable call log, metrics, traces)."""

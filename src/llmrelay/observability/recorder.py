@@ -1,0 +1,69 @@
+"""The record stage (outermost): times the whole call, accounts usage and cost, and puts the
+request id, cost and gateway overhead on the response. It never waits on I/O."""
+
+from __future__ import annotations
+
+from ..catalog import Catalog
+from ..errors import GatewayError
+from ..pipeline import Call, Handler, Result, Stream
+from ..types import ChatResponse, Usage
+
+
+class Recorder:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def __call__(self, call: Call, next: Handler) -> Result:
+        call.response_headers["x-llmrelay-request-id"] = call.id
+        try:
+            result = await next(call)
+        except GatewayError as error:
+            self._finish(call, error=error)
+            raise
+        if isinstance(result, ChatResponse):
+            self._finish(call, usage=result.usage)
+            return result
+        self._describe_model(call)  # a stream's headers go out before its cost is known
+        return self._recorded(call, result)
+
+    async def _recorded(self, call: Call, chunks: Stream) -> Stream:
+        usage: Usage | None = None
+        try:
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+        except GatewayError as error:
+            self._finish(call, usage=usage, error=error)
+            raise
+        except BaseException:
+            # The client went away (GeneratorExit/CancelledError): still a call, and it cost money.
+            self._finish(call, usage=usage, status="error:ClientDisconnected")
+            raise
+        self._finish(call, usage=usage)
+
+    def _describe_model(self, call: Call) -> None:
+        if call.model is not None:
+            call.response_headers["x-llmrelay-model"] = call.model.name
+            if call.model.simulated:
+                call.response_headers["x-llmrelay-simulated"] = "true"
+
+    def _finish(
+        self,
+        call: Call,
+        *,
+        usage: Usage | None = None,
+        error: GatewayError | None = None,
+        status: str | None = None,
+    ) -> None:
+        call.latency_ms = call.elapsed_ms()
+        call.usage = usage
+        call.error = error
+        call.status = status or (f"error:{type(error).__name__}" if error else "success")
+        if usage is not None and call.model is not None:
+            call.cost_usd = self.catalog.cost(call.model, usage)
+        headers = call.response_headers
+        self._describe_model(call)
+        headers["x-llmrelay-overhead-ms"] = f"{max(call.latency_ms - call.upstream_ms, 0):.3f}"
+        if call.cost_usd is not None:
+            headers["x-llmrelay-cost-usd"] = f"{call.cost_usd:.8f}"

@@ -1,0 +1,93 @@
+"""The stage protocol, the per-request ``Call`` context, and how stages compose.
+
+A stage is one object with one job, written like a middleware: it gets the ``Call`` and the next
+handler and returns a ``ChatResponse`` or a stream of ``Chunk``s. What a stage learns (model used,
+attempts, timings) it writes onto the ``Call``; the recorder, outermost, reads it from there.
+The chain is composed once at start-up from the config's ``pipeline`` list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from ulid import ULID
+
+from .errors import ConfigError, GatewayError
+from .types import ChatRequest, ChatResponse, Chunk, Usage
+
+if TYPE_CHECKING:
+    from .catalog import ModelEntry
+
+Stream = AsyncIterator[Chunk]
+Result = ChatResponse | Stream
+Handler = Callable[["Call"], Awaitable[Result]]
+ApiFormat = Literal["openai", "anthropic", "library"]
+
+
+class Stage(Protocol):
+    async def __call__(self, call: Call, next: Handler) -> Result: ...
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream try: which deployment, how it ended, how long it took."""
+
+    model: str
+    provider: str
+    outcome: str  # "success" or "error:<ErrorClass>"
+    latency_ms: float
+    status_code: int | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    """Everything known about one client call, filled in by the stages as it passes through."""
+
+    request: ChatRequest
+    api_format: ApiFormat = "library"
+    headers: Mapping[str, str] = field(default_factory=dict)  # incoming, lower-cased names
+    principal: str | None = None
+    id: str = field(default_factory=lambda: f"req_{ULID()}")
+    started: float = field(default_factory=time.perf_counter)
+    # Written by the executor:
+    model: ModelEntry | None = None  # the deployment that answered
+    attempts: list[Attempt] = field(default_factory=list)
+    upstream_ms: float = 0.0  # time spent waiting on providers
+    ttft_ms: float | None = None
+    # Written by the recorder:
+    usage: Usage | None = None
+    cost_usd: Decimal | None = None
+    status: str = "pending"
+    error: GatewayError | None = None
+    latency_ms: float | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.request.stream)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+async def _end_of_chain(call: Call) -> Result:
+    raise ConfigError("The pipeline has no stage that executes the request; add 'execute' to it.")
+
+
+def compose(stages: Sequence[Stage], terminal: Handler = _end_of_chain) -> Handler:
+    """Wrap the stages so the first listed is outermost: ``stages[0](call, stages[1](call, ...))``."""
+    handler = terminal
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
+
+
+def _bind(stage: Stage, next_handler: Handler) -> Handler:
+    async def handler(call: Call) -> Result:
+        return await stage(call, next_handler)
+
+    return handler

@@ -1,0 +1,35 @@
+"""Adapter for the Anthropic Messages API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..types import ChatRequest, ChatResponse
+from . import anthropic_format
+
+API_VERSION = "2023-06-01"
+
+
+class AnthropicAdapter:
+    dialect = "anthropic"
+
+    def path(self, stream: bool) -> str:
+        return "/v1/messages"
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"anthropic-version": API_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return headers
+
+    def build(self, request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
+        return anthropic_format.request_to_wire(request, upstream_model, stream=stream)
+
+    def parse_response(self, body: Any, model: str) -> ChatResponse:
+        return anthropic_format.parse_response(body, model)
+
+    def stream_decoder(self, request: ChatRequest, model: str) -> anthropic_format.StreamDecoder:
+        return anthropic_format.StreamDecoder(model)
+
+    def error_message(self, body: bytes) -> str:
+        return anthropic_format.error_message_from_wire(body)

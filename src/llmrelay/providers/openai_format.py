@@ -1,0 +1,197 @@
+"""The OpenAI chat-completions wire format <-> canonical types. Pure functions, no I/O.
+
+Canonical form *is* OpenAI's shape, so most of this is validation and the few places where the
+wire differs (usage details, object tags, the stream's usage chunk).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import GatewayError, InvalidRequestError, UpstreamProtocolError, invalid_request_from
+from ..types import ChatRequest, ChatResponse, Chunk, Usage
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def parse_request(body: Any) -> ChatRequest:
+    """A client's chat-completions body -> ChatRequest, or a 400 naming the bad field."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+
+
+def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
+    """ChatRequest -> the body we send to an OpenAI-compatible upstream."""
+    body = request.model_dump(exclude_none=True, by_alias=True)
+    body["model"] = upstream_model
+    if stream:
+        body["stream"] = True
+        # Always ask for usage: cost and the call record need it, whether or not the client did.
+        body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+    else:
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+    return body
+
+
+# --- usage ------------------------------------------------------------------------------------
+
+
+def usage_from_wire(raw: dict[str, Any] | None) -> Usage:
+    if not raw:
+        return Usage()
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=raw.get("prompt_tokens") or 0,
+        completion_tokens=raw.get("completion_tokens") or 0,
+        cached_tokens=prompt_details.get("cached_tokens") or 0,
+        # OpenAI-compatible servers that relay Anthropic sometimes report writes here.
+        cache_write_tokens=prompt_details.get("cache_write_tokens")
+        or raw.get("cache_creation_input_tokens")
+        or 0,
+        reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
+    )
+
+
+def usage_to_wire(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        },
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+def parse_response(body: Any, model: str) -> ChatResponse:
+    """An upstream's chat-completion body -> ChatResponse, named after our client-facing ``model``."""
+    try:
+        return ChatResponse(
+            id=body["id"],
+            created=body.get("created") or 0,
+            model=model,
+            choices=[
+                {
+                    "index": c.get("index", i),
+                    "message": {
+                        k: v for k, v in c["message"].items() if k in _MESSAGE_FIELDS and v is not None
+                    },
+                    "finish_reason": c.get("finish_reason"),
+                }
+                for i, c in enumerate(body["choices"])
+            ],
+            usage=usage_from_wire(body.get("usage")),
+            system_fingerprint=body.get("system_fingerprint"),
+        )
+    except (KeyError, TypeError, AttributeError, ValidationError) as exc:
+        raise UpstreamProtocolError(f"Malformed chat completion from upstream: {exc!r}"[:300]) from None
+
+
+_MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "refusal", "name"})
+
+
+def response_to_wire(response: ChatResponse) -> dict[str, Any]:
+    body = response.model_dump(exclude_none=True, exclude={"usage"})
+    body["object"] = "chat.completion"
+    for choice in body["choices"]:
+        choice.setdefault("finish_reason", None)
+        choice["logprobs"] = None
+        choice["message"].setdefault("content", None)
+    body["usage"] = usage_to_wire(response.usage)
+    return body
+
+
+# --- stream chunks ----------------------------------------------------------------------------
+
+
+def parse_chunk(data: Any, model: str) -> Chunk:
+    """One upstream SSE ``data:`` object -> Chunk."""
+    try:
+        usage = data.get("usage")
+        return Chunk(
+            id=data.get("id") or "",
+            created=data.get("created") or 0,
+            model=model,
+            choices=[
+                {
+                    "index": c.get("index", 0),
+                    "delta": {
+                        k: v
+                        for k, v in (c.get("delta") or {}).items()
+                        if k in _DELTA_FIELDS and v is not None
+                    },
+                    "finish_reason": c.get("finish_reason"),
+                }
+                for c in data.get("choices") or ()
+            ],
+            usage=usage_from_wire(usage) if usage else None,
+        )
+    except (TypeError, AttributeError, ValidationError) as exc:
+        raise UpstreamProtocolError(f"Malformed stream chunk from upstream: {exc!r}"[:300]) from None
+
+
+_DELTA_FIELDS = frozenset({"role", "content", "tool_calls", "refusal"})
+
+
+def chunk_to_wire(chunk: Chunk) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": chunk.id,
+        "object": "chat.completion.chunk",
+        "created": chunk.created,
+        "model": chunk.model,
+        "choices": [
+            {
+                "index": c.index,
+                "delta": c.delta.model_dump(exclude_none=True),
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+            }
+            for c in chunk.choices
+        ],
+    }
+    if chunk.usage is not None:
+        body["usage"] = usage_to_wire(chunk.usage)
+    return body
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def error_to_wire(error: GatewayError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.openai_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+def error_message_from_wire(body: bytes) -> str:
+    """The human message inside an upstream error body, whatever its shape."""
+    import orjson
+
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace") or "(empty body)"
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    return str(data)[:300]

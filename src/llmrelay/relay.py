@@ -1,0 +1,169 @@
+"""``Relay``: the engine, usable in-process (this module) or behind the HTTP server (``server/``).
+
+Both call the same pipeline: ``Relay.handle(call)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog
+from .config import Settings, with_simulator_port
+from .errors import ConfigError, InvalidRequestError
+from .observability.recorder import Recorder
+from .pipeline import Call, Handler, Result, Stage, compose
+from .providers import openai_format
+from .providers.base import HttpClient, HTTPProvider
+from .providers.registry import build_providers
+from .reliability.executor import Executor
+from .types import ChatRequest, ChatResponse, Chunk
+
+log = logging.getLogger(__name__)
+
+StageFactory = Callable[["Relay"], Stage]
+
+STAGES: dict[str, StageFactory] = {
+    "record": lambda relay: Recorder(relay.catalog),
+    "execute": lambda relay: Executor(relay.catalog, relay.providers, relay.settings.execute),
+}
+
+
+class Relay:
+    """The llmrelay pipeline in-process.
+
+    >>> async with Relay() as relay:                      # the embedded default: simulated models
+    ...     r = await relay.complete(model="sim/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    """
+
+    def __init__(self, config: Settings | str | Path | Mapping[str, Any] | None = None) -> None:
+        if isinstance(config, Settings):
+            self.settings = config
+        elif isinstance(config, Mapping):
+            self.settings = Settings.from_dict(dict(config))
+        else:
+            self.settings = Settings.load(config)
+        self.catalog = Catalog(self.settings)
+        self.http = HttpClient(connect_timeout_s=self.settings.execute.connect_timeout_s)
+        self.providers: dict[str, HTTPProvider] = {}
+        self._handler: Handler | None = None
+        self._simulator: Any = None
+
+    async def start(self) -> Relay:
+        """Start the embedded simulator if the config uses it, then build the pipeline once."""
+        if self._handler is not None:
+            return self
+        if self.settings.simulator.enabled and any(p.simulated for p in self.settings.providers.values()):
+            from .simulator import SimulatorServer, SimulatorSettings
+
+            sim_path = self.settings.simulator.config
+            sim_settings = SimulatorSettings.load(sim_path) if sim_path else SimulatorSettings()
+            self._simulator = SimulatorServer(
+                sim_settings.model_copy(update={"host": "127.0.0.1", "port": 0})
+            )
+            port = await self._simulator.start()
+            self.settings = with_simulator_port(self.settings, port)
+            self.catalog = Catalog(self.settings)
+        self.providers = build_providers(self.settings, self.http)
+        self._handler = compose([self._stage(name) for name in self.settings.pipeline])
+        return self
+
+    def _stage(self, name: str) -> Stage:
+        try:
+            return STAGES[name](self)
+        except KeyError:
+            raise ConfigError(f"Unknown pipeline stage {name!r}; known stages: {', '.join(STAGES)}") from None
+
+    async def aclose(self) -> None:
+        await self.http.close()
+        if self._simulator is not None:
+            await self._simulator.stop()
+            self._simulator = None
+        self._handler = None
+
+    async def __aenter__(self) -> Relay:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def handle(self, call: Call) -> Result:
+        """Run one call through the pipeline (the server's entry point)."""
+        if self._handler is None:
+            await self.start()
+        assert self._handler is not None
+        return await self._handler(call)
+
+    async def complete(
+        self, request: ChatRequest | Mapping[str, Any] | None = None, **fields: Any
+    ) -> ChatResponse:
+        call = Call(_request(request, fields, stream=False))
+        result = await self.handle(call)
+        assert isinstance(result, ChatResponse)
+        return result
+
+    async def stream(
+        self, request: ChatRequest | Mapping[str, Any] | None = None, **fields: Any
+    ) -> AsyncIterator[Chunk]:
+        call = Call(_request(request, fields, stream=True))
+        result = await self.handle(call)
+        assert not isinstance(result, ChatResponse)
+        async for chunk in result:
+            yield chunk
+
+
+def _request(
+    request: ChatRequest | Mapping[str, Any] | None, fields: Mapping[str, Any], *, stream: bool
+) -> ChatRequest:
+    if isinstance(request, ChatRequest):
+        if fields:
+            raise InvalidRequestError("Pass either a ChatRequest or keyword fields, not both.")
+        return request.model_copy(update={"stream": stream})
+    return openai_format.parse_request({**(request or {}), **fields, "stream": stream})
+
+
+class SyncRelay:
+    """A thin synchronous facade: the same ``Relay`` on a private event-loop thread."""
+
+    def __init__(self, config: Settings | str | Path | Mapping[str, Any] | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llmrelay-sync", daemon=True)
+        self._thread.start()
+        self.relay = Relay(config)
+        self._run(self.relay.start())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def complete(self, request: ChatRequest | Mapping[str, Any] | None = None, **fields: Any) -> ChatResponse:
+        return self._run(self.relay.complete(request, **fields))
+
+    def stream(
+        self, request: ChatRequest | Mapping[str, Any] | None = None, **fields: Any
+    ) -> Iterator[Chunk]:
+        chunks = self.relay.stream(request, **fields)
+        try:
+            while True:
+                try:
+                    yield self._run(anext(chunks))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(chunks.aclose())
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._run(self.relay.aclose())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+
+    def __enter__(self) -> SyncRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

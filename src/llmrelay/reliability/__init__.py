@@ -1,0 +1,1 @@
+"""Executing requests against providers: timeouts (and, later, retries, fallback, breakers)."""

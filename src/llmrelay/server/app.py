@@ -1,0 +1,244 @@
+"""The HTTP gateway: OpenAI- and Anthropic-compatible routes in front of one ``Relay``.
+
+Both chat routes run the same handler with a different ``Dialect`` (the wire format at this edge);
+every error, ours or a bug, leaves in the route's own error shape with its status code.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+)
+from ..pipeline import Call, Stream
+from ..relay import Relay
+from ..types import ChatResponse
+from .asgi import (
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    read_body,
+    request_headers,
+    send_json,
+    send_sse,
+    start_sse,
+)
+from .dialects import ANTHROPIC, OPENAI, Dialect
+
+log = logging.getLogger("llmrelay.server")
+
+
+class Gateway:
+    """The ASGI application."""
+
+    def __init__(
+        self, relay: Relay, *, on_startup: Callable[[Relay], Awaitable[None] | None] | None = None
+    ) -> None:
+        self.relay = relay
+        self._on_startup = on_startup
+        self._master_key = relay.settings.server.master_key
+        self._body_limit = relay.settings.server.max_body_bytes
+        self._routes: dict[str, tuple[str, Any]] = {
+            "/v1/chat/completions": ("POST", self._openai_chat),
+            "/chat/completions": ("POST", self._openai_chat),
+            "/v1/messages": ("POST", self._anthropic_messages),
+            "/v1/models": ("GET", self._models),
+            "/models": ("GET", self._models),
+            "/healthz": ("GET", self._health),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.relay.start()
+                    if self._on_startup is not None:
+                        maybe = self._on_startup(self.relay)
+                        if maybe is not None:
+                            await maybe
+                except Exception as exc:  # the CLI shows this and exits non-zero
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.relay.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        dialect = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
+        route = self._routes.get(path.rstrip("/") or "/")
+        if route is None and path.startswith("/v1/models/"):
+            route = ("GET", self._model)
+        try:
+            if route is None:
+                raise NotFoundError(
+                    f"Unknown path {path}. This gateway serves /v1/chat/completions, /v1/messages, /v1/models."
+                )
+            method, handler = route
+            if scope["method"] != method:
+                raise MethodNotAllowedError(f"{scope['method']} is not allowed on {path}; use {method}.")
+            await handler(scope, receive, send)
+        except GatewayError as error:
+            await send_json(send, error.status, dialect.error(error), encode_headers(error.headers()))
+        except ConnectionResetError:
+            return  # the client left while sending its body; nothing to answer
+        except Exception:
+            log.exception("unexpected error on %s", path)
+            error = GatewayError("The gateway hit an internal error; it has been logged.")
+            await send_json(send, 500, dialect.error(error))
+
+    # --- auth -------------------------------------------------------------------------------
+
+    def _authorize(self, headers: dict[str, str]) -> str | None:
+        """The caller's key (checked against the master key when one is configured)."""
+        presented = headers.get("x-api-key")
+        auth = headers.get("authorization", "")
+        if presented is None and auth[:7].lower() == "bearer ":
+            presented = auth[7:].strip()
+        if self._master_key is not None and (
+            presented is None or not hmac.compare_digest(presented.encode(), self._master_key.encode())
+        ):
+            raise AuthenticationError(
+                "Incorrect API key provided."
+                if presented
+                else "No API key provided: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+            )
+        return presented
+
+    # --- chat -------------------------------------------------------------------------------
+
+    async def _openai_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._chat(scope, receive, send, OPENAI)
+
+    async def _anthropic_messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._chat(scope, receive, send, ANTHROPIC)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
+        started = time.perf_counter()
+        headers = request_headers(scope)
+        self._authorize(headers)
+        body = await read_body(receive, headers, self._body_limit)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequestError(
+                "We could not parse the JSON body of your request: it is not valid JSON."
+            ) from None
+        call = Call(dialect.parse(payload), api_format=dialect.name, headers=headers, started=started)
+        try:
+            result = await self.relay.handle(call)
+            if isinstance(result, ChatResponse):
+                out = orjson.dumps(dialect.render(result))
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            *encode_headers(call.response_headers),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": out})
+                return
+            first = await anext(result)  # failures before the first byte become a plain HTTP error
+        except StopAsyncIteration:
+            first = None
+        except GatewayError as error:
+            await send_json(
+                send,
+                error.status,
+                dialect.error(error),
+                encode_headers({**call.response_headers, **error.headers()}),
+            )
+            return
+        await self._stream(send, dialect, call, first, result)
+
+    async def _stream(self, send: Send, dialect: Dialect, call: Call, first: Any, chunks: Stream) -> None:
+        await start_sse(send, encode_headers(call.response_headers))
+        try:
+            async for data in dialect.stream(call.request, _prepend(first, chunks)):
+                await send_sse(send, data)
+        except GatewayError as error:
+            # After the first byte the status is sent: say so explicitly, never a silent cut.
+            await send_sse(send, dialect.stream_error(error))
+        except OSError:
+            return  # client gone: the recorder has noted it as the stream was closed
+        finally:
+            await chunks.aclose()
+        await send_sse(send, b"", more=False)
+
+    # --- models and health ------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = request_headers(scope)
+        self._authorize(headers)
+        entries = list(self.relay.catalog)
+        if "anthropic-version" in headers:
+            data = [_anthropic_model(e.name) for e in entries]
+            body = {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        else:
+            body = {"object": "list", "data": [_openai_model(e.name, e.provider_name) for e in entries]}
+        await send_json(send, 200, body)
+
+    async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = request_headers(scope)
+        self._authorize(headers)
+        entry = self.relay.catalog.get(scope["path"][len("/v1/models/") :])
+        body = (
+            _anthropic_model(entry.name)
+            if "anthropic-version" in headers
+            else _openai_model(entry.name, entry.provider_name)
+        )
+        await send_json(send, 200, body)
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"status": "ok", "models": len(self.relay.catalog)})
+
+
+def _openai_model(name: str, owner: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+
+
+def _anthropic_model(name: str) -> dict[str, Any]:
+    return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+
+
+async def _prepend(first: Any, rest: Stream) -> Stream:
+    if first is not None:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def build_app(relay: Relay, **kw: Any) -> Gateway:
+    return Gateway(relay, **kw)
+
+
+__all__ = ["Gateway", "build_app"]

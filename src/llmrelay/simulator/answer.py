@@ -1,0 +1,137 @@
+"""What the simulator says: a forced reply, a tool-result acknowledgement, a rule, JSON mode or the echo.
+
+Order (first that applies wins):
+1. the ``x-sim-reply`` header;
+2. the last message is a tool result -> ``"The tool returned: <result>"`` (so a tool loop ends);
+3. the first rule matching the last user message (and the model);
+4. ``response_format`` json_object / json_schema -> a JSON object;
+5. the echo: ``"You said: <last user message>"``.
+Then stop sequences cut the text (finish "stop") and the output limit truncates it (finish "length").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..tokens import encoding_for
+from ..types import ChatRequest, FinishReason
+from .rules import Rule, expand, find_rule
+
+ECHO_PREFIX = "You said: "
+TOOL_RESULT_PREFIX = "The tool returned: "
+_TOOL_RESULT_MAX_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str | None = None
+    tool_name: str | None = None
+    tool_arguments: str | None = None  # JSON text
+    finish_reason: FinishReason = "stop"
+
+
+def last_user_text(request: ChatRequest) -> str:
+    return next((m.text() for m in reversed(request.messages) if m.role == "user"), "")
+
+
+def decide(request: ChatRequest, rules: list[Rule], forced_reply: str | None = None) -> Answer:
+    if forced_reply is not None:
+        return Answer(text=forced_reply)
+    last = request.messages[-1]
+    if last.role == "tool":
+        result = last.text()
+        if len(result) > _TOOL_RESULT_MAX_CHARS:
+            result = result[:_TOOL_RESULT_MAX_CHARS] + "..."
+        return Answer(text=TOOL_RESULT_PREFIX + result)
+    user_text = last_user_text(request)
+    found = find_rule(rules, user_text, request.model)
+    if found is not None:
+        return _from_rule(*found)
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema_:
+        return Answer(text=_dumps(placeholder(fmt.json_schema.schema_, user_text)))
+    if fmt is not None and fmt.type in ("json_object", "json_schema"):
+        return Answer(text=_dumps({"answer": user_text}))
+    return Answer(text=ECHO_PREFIX + user_text)
+
+
+def _from_rule(rule: Rule, match: Any) -> Answer:
+    if rule.tool_call is not None:
+        arguments = expand(rule.tool_call.arguments, match)
+        return Answer(
+            tool_name=rule.tool_call.name, tool_arguments=_dumps(arguments), finish_reason="tool_calls"
+        )
+    if rule.reply is not None:
+        return Answer(text=expand(rule.reply, match))
+    return Answer(text=_dumps(expand(rule.json_value, match)))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def placeholder(
+    schema: dict[str, Any], text: str, *, root: dict[str, Any] | None = None, depth: int = 0
+) -> Any:
+    """A minimal value satisfying ``schema``: required properties only, type-appropriate values.
+
+    Strings get the user's text (so tests can see it came through), numbers 0, booleans false.
+    Local ``$ref``s (``#/$defs/...``) are followed; recursion is cut at a small depth.
+    """
+    root = root if root is not None else schema
+    if depth > 8:
+        return None
+    if "$ref" in schema:
+        return placeholder(_resolve(root, schema["$ref"]), text, root=root, depth=depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return placeholder(schema[key][0], text, root=root, depth=depth + 1)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):  # ["string", "null"]: the first non-null type
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {
+            name: placeholder(props.get(name) or {}, text, root=root, depth=depth + 1)
+            for name in schema.get("required") or ()
+        }
+    if kind == "array":
+        item = placeholder(schema.get("items") or {}, text, root=root, depth=depth + 1)
+        return [item] * int(schema.get("minItems") or 0)
+    return {"string": text, "integer": 0, "number": 0, "boolean": False, "null": None}.get(kind, text)
+
+
+def _resolve(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    node: Any = root
+    if not ref.startswith("#"):
+        return {}
+    for part in ref.lstrip("#").strip("/").split("/"):
+        node = node.get(part) if isinstance(node, dict) and part else node
+    return node if isinstance(node, dict) else {}
+
+
+def limit(answer: Answer, request: ChatRequest) -> Answer:
+    """Apply stop sequences, then the output-token limit, to a text answer.
+
+    Tool calls are not truncated: a cut-off arguments string cannot be rendered for Anthropic
+    clients (their ``input`` must be an object), and tests can force length with a text reply.
+    """
+    if answer.text is None:
+        return answer
+    text = answer.text
+    cuts = [i for i in (text.find(s) for s in request.stop_list if s) if i >= 0]
+    if cuts:
+        answer = replace(answer, text=text[: min(cuts)], finish_reason="stop")
+    cap = request.output_limit
+    if cap is not None:
+        enc = encoding_for(request.model)
+        ids = enc.encode_ordinary(answer.text or "")
+        if len(ids) > cap:
+            answer = replace(answer, text=enc.decode(ids[:cap]), finish_reason="length")
+    return answer

@@ -1,0 +1,243 @@
+"""Canonical request, response, stream chunk and usage.
+
+The OpenAI chat-completions shape is the lingua franca: every layer passes these types, and wire
+formats (OpenAI, Anthropic) are translated into and out of them only at the edges
+(``llmrelay.providers.*_format``). Fields a client sends that we do not model are kept in
+``ChatRequest.model_extra`` and passed through to OpenAI-compatible upstreams untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- message content --------------------------------------------------------------------------
+
+
+class TextPart(_Model):
+    type: Literal["text"] = "text"
+    text: str
+    # Anthropic prompt-caching breakpoint, carried through canonical form so it survives conversion.
+    cache_control: dict[str, Any] | None = None
+
+
+class ImageURL(_Model):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Model):
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURL
+    cache_control: dict[str, Any] | None = None
+
+
+class OtherPart(BaseModel):
+    """A content part we do not interpret (input_audio, file, ...): passed through as-is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+
+def _part_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"part:{kind}" if kind in ("text", "image_url") else "part:other"
+
+
+# Tags carry a "part:" prefix so error locations can drop them (see errors.invalid_request_from).
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("part:text")]
+    | Annotated[ImagePart, Tag("part:image_url")]
+    | Annotated[OtherPart, Tag("part:other")],
+    Discriminator(_part_kind),
+]
+
+
+class FunctionCall(_Model):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Model):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Model):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+    def text(self) -> str:
+        """The message's text content joined, ignoring non-text parts."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+# --- tools and output format ------------------------------------------------------------------
+
+
+class FunctionDef(_Model):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Model):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+    cache_control: dict[str, Any] | None = None
+
+
+class NamedToolChoice(_Model):
+    type: Literal["function"] = "function"
+    function: dict[str, str]  # {"name": ...}
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JSONSchemaFormat(_Model):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ResponseFormat(_Model):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StreamOptions(_Model):
+    include_usage: bool | None = None
+
+
+# --- request ----------------------------------------------------------------------------------
+
+
+class ChatRequest(BaseModel):
+    """A chat-completions request in canonical (OpenAI) form."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def output_limit(self) -> int | None:
+        """The output-token cap the client asked for, whichever field it used."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+# --- usage, response, chunk -------------------------------------------------------------------
+
+
+class Usage(_Model):
+    """Token counts in OpenAI semantics: ``prompt_tokens`` includes cached-read and cache-write
+    tokens; ``completion_tokens`` includes reasoning tokens."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+class Choice(_Model):
+    index: int = 0
+    message: Message
+    finish_reason: FinishReason | None = None
+
+
+class ChatResponse(_Model):
+    id: str
+    created: int
+    model: str  # the client-facing model name that answered
+    choices: list[Choice]
+    usage: Usage = Usage()
+    system_fingerprint: str | None = None
+
+
+class ToolCallDelta(_Model):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: dict[str, str] | None = None  # {"name"?: ..., "arguments"?: partial JSON}
+
+
+class Delta(_Model):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(_Model):
+    index: int = 0
+    delta: Delta = Delta()
+    finish_reason: FinishReason | None = None
+
+
+class Chunk(_Model):
+    """One streamed event. A canonical stream always ends with a chunk carrying ``usage``
+    (after the one with ``finish_reason``), or raises a ``GatewayError``."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice] = []
+    usage: Usage | None = None

@@ -1,0 +1,157 @@
+"""Shared fixtures: real ``llmrelay simulate`` and ``llmrelay serve`` processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+MASTER_KEY = "sk-test-master"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_process(
+    args: list[str], port: int, tmp: Path, *, ready_path: str, env: dict[str, str] | None = None
+) -> Server:
+    """Start ``python -m llmrelay.cli ARGS`` and wait until it answers ``ready_path``."""
+    log_path = tmp / f"server-{port}.log"
+    full_env = {**os.environ, **(env or {})}
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        if env is None or key not in env:
+            full_env.pop(key, None)
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmrelay.cli", *args, "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args} exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url + ready_path, timeout=0.5).status_code < 500:
+                return Server(url, process, log_path)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{args} did not start within 20s:\n{log_path.read_text()}")
+
+
+def stop_process(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+FAULTS = ("429", "500", "503", "hang", "drop", "truncate", "malformed")
+SIMULATOR_CONFIG = {
+    "seed": 1,
+    "retry_after": 7,
+    "hang_max_s": 30,
+    "rules": [
+        {"match": r"weather in (\w+)", "tool_call": {"name": "get_weather", "arguments": {"city": r"\1"}}}
+    ],
+    # Upstream model "fault-<kind>" always fails that way; everything else is healthy.
+    "per_model": {f"fault-{kind}": {"faults": {kind: 1.0}} for kind in FAULTS},
+}
+
+
+@pytest.fixture(scope="session")
+def simulator(session_tmp: Path) -> Iterator[Server]:
+    """``llmrelay simulate`` on a free loopback port, with the rules and faults above."""
+    config = session_tmp / "simulator.yaml"
+    config.write_text(yaml.safe_dump(SIMULATOR_CONFIG))
+    server = start_process(
+        ["simulate", "--config", str(config)], free_port(), session_tmp, ready_path="/v1/models"
+    )
+    yield server
+    stop_process(server)
+
+
+def gateway_config(simulator_url: str, **server: object) -> dict:
+    """A config serving one model per upstream dialect, both on the simulator."""
+    return {
+        "server": dict(server),
+        "execute": {"timeout_s": 5},
+        "providers": {
+            "up-openai": {"kind": "openai", "base_url": simulator_url + "/v1"},
+            "up-anthropic": {"kind": "anthropic", "base_url": simulator_url, "api_key": "sk-upstream"},
+            "down": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},  # nothing listens
+            "keyless": {
+                "kind": "openai",
+                "base_url": simulator_url + "/v1",
+                "api_key_env": "LLMRELAY_TEST_UNSET_KEY",
+            },
+        },
+        "models": [
+            {"name": "gpt-4o-mini", "provider": "up-openai", "tier": "small"},
+            {
+                "name": "claude-haiku",
+                "provider": "up-anthropic",
+                "upstream": "claude-haiku-4-5",
+                "tier": "small",
+            },
+            {
+                "name": "text-only",
+                "provider": "up-openai",
+                "upstream": "gpt-4o-mini",
+                "capabilities": ["streaming"],
+            },
+            {"name": "unreachable", "provider": "down", "upstream": "gpt-4o-mini"},
+            {"name": "needs-key", "provider": "keyless", "upstream": "gpt-4o-mini"},
+            *(
+                {"name": f"{kind}-{dialect}", "provider": f"up-{dialect}", "upstream": f"fault-{kind}"}
+                for kind in FAULTS
+                for dialect in ("openai", "anthropic")
+            ),
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(simulator: Server, session_tmp: Path) -> Iterator[Server]:
+    """``llmrelay serve --config`` in front of the simulator, with a master key."""
+    config = session_tmp / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(gateway_config(simulator.url, master_key=MASTER_KEY, max_body_bytes=200_000))
+    )
+    server = start_process(
+        ["serve", "--config", str(config)], free_port(), session_tmp, ready_path="/healthz"
+    )
+    yield server
+    stop_process(server)

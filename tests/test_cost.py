@@ -1,0 +1,123 @@
+"""Cost to the micro-dollar, from the usage payloads the providers really send."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from llmrelay.catalog import Catalog
+from llmrelay.config import Settings
+from llmrelay.providers import anthropic_format, openai_format
+from llmrelay.types import Usage
+
+CONFIG = {
+    "providers": {
+        "openai": {"kind": "openai", "base_url": "https://api.openai.com/v1"},
+        "anthropic": {"kind": "anthropic", "base_url": "https://api.anthropic.com"},
+        "local": {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1"},
+    },
+    "models": [
+        {"name": "gpt-4o-mini", "provider": "openai"},
+        {"name": "gpt-4o", "provider": "openai"},
+        {"name": "sonnet", "provider": "anthropic", "upstream": "claude-sonnet-4-5"},
+        {"name": "haiku", "provider": "anthropic", "upstream": "claude-haiku-4-5"},
+        {
+            "name": "llama",
+            "provider": "local",
+            "upstream": "llama-3.1-8b",
+            "price": {"input": 0.2, "output": 0.4, "cache_read": 0.05},
+        },
+        {"name": "mystery", "provider": "local", "upstream": "no-such-model-anywhere"},
+    ],
+}
+
+# A real gpt-4o-mini response's usage block (cached prompt prefix).
+OPENAI_BODY = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {
+        "prompt_tokens": 2006,
+        "completion_tokens": 300,
+        "total_tokens": 2306,
+        "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    },
+}
+
+# A real Messages response's usage: input_tokens excludes the cache reads and writes.
+ANTHROPIC_BODY = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [{"type": "text", "text": "ok"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 50,
+        "cache_creation_input_tokens": 2000,
+        "cache_read_input_tokens": 10000,
+        "output_tokens": 400,
+        "service_tier": "standard",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return Catalog(Settings.from_dict(CONFIG))
+
+
+def test_openai_usage_with_cached_prompt(catalog):
+    usage = openai_format.parse_response(OPENAI_BODY, "gpt-4o-mini").usage
+    assert usage == Usage(prompt_tokens=2006, completion_tokens=300, cached_tokens=1920)
+    # 86 uncached x $0.15 + 1920 cached x $0.075 + 300 out x $0.60, per million
+    assert catalog.cost(catalog.get("gpt-4o-mini"), usage) == Decimal("0.0003369")
+
+
+def test_anthropic_usage_with_cache_reads_and_writes(catalog):
+    usage = anthropic_format.parse_response(ANTHROPIC_BODY, "sonnet").usage
+    assert usage == Usage(
+        prompt_tokens=12050, completion_tokens=400, cached_tokens=10000, cache_write_tokens=2000
+    )
+    # 50 in x $3 + 2000 written x $3.75 + 10000 read x $0.30 + 400 out x $15, per million
+    assert catalog.cost(catalog.get("sonnet"), usage) == Decimal("0.01665")
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "expected"),
+    [
+        # The figures from ../shared/docs/dependencies.md: 100k input (60k cached) + 10k output.
+        ("gpt-4o", Usage(prompt_tokens=100_000, cached_tokens=60_000, completion_tokens=10_000), "0.275"),
+        (
+            "gpt-4o-mini",
+            Usage(prompt_tokens=100_000, cached_tokens=60_000, completion_tokens=10_000),
+            "0.0165",
+        ),
+        ("sonnet", Usage(prompt_tokens=100_000, cached_tokens=60_000, completion_tokens=10_000), "0.288"),
+        ("haiku", Usage(prompt_tokens=100_000, cached_tokens=60_000, completion_tokens=10_000), "0.096"),
+        ("haiku", Usage(prompt_tokens=1, completion_tokens=1), "0.000006"),
+        ("gpt-4o-mini", Usage(), "0"),
+    ],
+)
+def test_catalog_prices(catalog, model, usage, expected):
+    assert catalog.cost(catalog.get(model), usage) == Decimal(expected)
+
+
+def test_price_override_in_config(catalog):
+    usage = Usage(prompt_tokens=1000, cached_tokens=400, completion_tokens=100)
+    # 600 x $0.20 + 400 x $0.05 + 100 x $0.40, per million
+    assert catalog.cost(catalog.get("llama"), usage) == Decimal("0.00018")
+
+
+def test_unknown_price_is_none_not_zero(catalog):
+    assert catalog.cost(catalog.get("mystery"), Usage(prompt_tokens=10)) is None

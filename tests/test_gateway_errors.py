@@ -1,0 +1,219 @@
+"""Bad input and failing upstreams: a clear error in the route's own wire format, right status,
+never a 500 or a hang."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from .conftest import MASTER_KEY
+
+AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
+HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def oa(gateway, **kw):
+    return openai.OpenAI(
+        base_url=gateway.url + "/v1", api_key=kw.pop("api_key", MASTER_KEY), max_retries=0, **kw
+    )
+
+
+def an(gateway, **kw):
+    return anthropic.Anthropic(
+        base_url=gateway.url, api_key=kw.pop("api_key", MASTER_KEY), max_retries=0, **kw
+    )
+
+
+def assert_openai_error(response: httpx.Response, status: int, type_: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == type_ and error["message"]
+    return error
+
+
+def assert_anthropic_error(response: httpx.Response, status: int, type_: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == type_ and body["error"]["message"]
+    return body["error"]
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+def test_missing_and_wrong_key(gateway):
+    with pytest.raises(openai.AuthenticationError):
+        oa(gateway, api_key="sk-wrong").chat.completions.create(**HELLO)
+    with pytest.raises(anthropic.AuthenticationError):
+        an(gateway, api_key="sk-wrong").messages.create(max_tokens=10, **HELLO)
+    response = httpx.post(gateway.url + "/v1/chat/completions", json=HELLO)
+    assert_openai_error(response, 401, "authentication_error")
+
+
+def test_x_api_key_header_is_accepted(gateway):
+    response = httpx.post(gateway.url + "/v1/chat/completions", json=HELLO, headers={"x-api-key": MASTER_KEY})
+    assert response.status_code == 200
+
+
+# --- malformed requests -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": "gpt-4o-mini"}', "messages"),
+        (b'{"model": "gpt-4o-mini", "messages": []}', "messages"),
+        (b'{"model": "gpt-4o-mini", "messages": [{"role": "wizard", "content": "hi"}]}', "messages.0.role"),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": 7}',
+            "temperature",
+        ),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}',
+            "max_tokens",
+        ),
+    ],
+)
+def test_openai_bad_bodies_are_400(gateway, body, param):
+    response = httpx.post(gateway.url + "/v1/chat/completions", content=body, headers=AUTH)
+    error = assert_openai_error(response, 400, "invalid_request_error")
+    assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"model": "claude-haiku", "messages": [{"role": "user", "content": "hi"}]}',  # no max_tokens
+        b'{"model": "claude-haiku", "max_tokens": 5}',
+        b'{"model": "claude-haiku", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "bogus"}]}]}',
+    ],
+)
+def test_anthropic_bad_bodies_are_400(gateway, body):
+    response = httpx.post(gateway.url + "/v1/messages", content=body, headers={"x-api-key": MASTER_KEY})
+    assert_anthropic_error(response, 400, "invalid_request_error")
+
+
+def test_unknown_model_is_404_in_both_formats(gateway):
+    with pytest.raises(openai.NotFoundError) as e:
+        oa(gateway).chat.completions.create(model="gpt-17", messages=HELLO["messages"])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(anthropic.NotFoundError):
+        an(gateway).messages.create(model="gpt-17", max_tokens=10, messages=HELLO["messages"])
+
+
+def test_oversized_body_is_413(gateway):
+    huge = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 300_000}]}
+    assert_openai_error(
+        httpx.post(gateway.url + "/v1/chat/completions", json=huge, headers=AUTH),
+        413,
+        "invalid_request_error",
+    )
+    response = httpx.post(gateway.url + "/v1/messages", json={**huge, "max_tokens": 5}, headers=AUTH)
+    assert_anthropic_error(response, 413, "request_too_large")
+
+
+def test_unknown_path_and_wrong_method(gateway):
+    assert_openai_error(
+        httpx.post(gateway.url + "/v1/nothing", json={}, headers=AUTH), 404, "invalid_request_error"
+    )
+    assert_openai_error(
+        httpx.get(gateway.url + "/v1/chat/completions", headers=AUTH), 405, "invalid_request_error"
+    )
+
+
+def test_capability_mismatch_is_400_not_an_upstream_surprise(gateway):
+    with pytest.raises(openai.BadRequestError, match="does not support tools"):
+        oa(gateway).chat.completions.create(
+            model="text-only",
+            messages=HELLO["messages"],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        )
+
+
+# --- failing upstreams ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_upstream_rate_limit_is_429_with_retry_after(gateway, dialect):
+    with pytest.raises(openai.RateLimitError) as e:
+        oa(gateway).chat.completions.create(model=f"429-{dialect}", messages=HELLO["messages"])
+    assert e.value.response.headers["retry-after"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "status"),
+    [
+        ("500", openai.InternalServerError, 503),
+        ("503", openai.InternalServerError, 503),
+        ("drop", openai.InternalServerError, 502),
+        ("malformed", openai.InternalServerError, 502),
+        ("truncate", openai.InternalServerError, 502),
+    ],
+)
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_upstream_failures_map_to_5xx(gateway, kind, error, status, dialect):
+    with pytest.raises(error) as e:
+        oa(gateway).chat.completions.create(model=f"{kind}-{dialect}", messages=HELLO["messages"])
+    assert e.value.status_code == status
+    assert e.value.body["type"] == "api_error"
+
+
+def test_upstream_hang_hits_the_total_deadline(gateway):
+    # The gateway's execute.timeout_s is 5 in this config: a 504, well before the client gives up.
+    with pytest.raises(openai.APIStatusError) as e:
+        oa(gateway, timeout=20).chat.completions.create(model="hang-openai", messages=HELLO["messages"])
+    assert e.value.status_code == 504
+
+
+def test_unreachable_upstream_is_502(gateway):
+    with pytest.raises(openai.InternalServerError) as e:
+        oa(gateway).chat.completions.create(model="unreachable", messages=HELLO["messages"])
+    assert e.value.status_code == 502 and "connect" in e.value.message.lower()
+
+
+def test_missing_provider_key_names_the_fix(gateway):
+    with pytest.raises(openai.InternalServerError, match="LLMRELAY_TEST_UNSET_KEY"):
+        oa(gateway).chat.completions.create(model="needs-key", messages=HELLO["messages"])
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_error_before_first_byte_of_a_stream_is_a_plain_http_error(gateway, dialect):
+    with pytest.raises(openai.RateLimitError):
+        oa(gateway).chat.completions.create(model=f"429-{dialect}", messages=HELLO["messages"], stream=True)
+    with pytest.raises(anthropic.RateLimitError):
+        an(gateway).messages.create(
+            model=f"429-{dialect}", max_tokens=10, messages=HELLO["messages"], stream=True
+        )
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_truncated_stream_ends_in_an_explicit_error_never_silent_success(gateway, dialect):
+    stream = oa(gateway).chat.completions.create(
+        model=f"truncate-{dialect}",
+        messages=[{"role": "user", "content": "a reply long enough to cut short"}],
+        stream=True,
+    )
+    with pytest.raises(openai.APIError, match="truncated"):
+        for _ in stream:
+            pass
+    with (
+        pytest.raises(anthropic.APIStatusError, match="truncated"),
+        an(gateway).messages.stream(
+            model=f"truncate-{dialect}",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "a reply long enough to cut short"}],
+        ) as astream,
+    ):
+        for _ in astream:
+            pass
+
+
+def test_gateway_still_healthy_after_all_that(gateway):
+    assert httpx.get(gateway.url + "/healthz").json()["status"] == "ok"
+    assert "Traceback" not in gateway.log()
