@@ -432,11 +432,18 @@ REQUEST_TO_WIRE = [
         {
             "model": "claude-upstream",
             "max_tokens": 50,
-            "system": "Extract fields.\n\n"
-            "Respond with only a single valid JSON object: no other text, no Markdown code fences.",
+            "system": "Extract fields.",
             "messages": [{"role": "user", "content": "Ada, 36"}],
+            "tools": [
+                {
+                    "name": "json_response",
+                    "description": "Give your whole answer as this tool's input: a single JSON object.",
+                    "input_schema": {"type": "object"},
+                }
+            ],
+            "tool_choice": {"type": "tool", "name": "json_response"},
         },
-        id="json-object-mode-appended-to-system",
+        id="json-object-mode-is-a-forced-tool",
     ),
     pytest.param(
         {
@@ -458,11 +465,21 @@ REQUEST_TO_WIRE = [
         {
             "model": "claude-upstream",
             "max_tokens": 50,
-            "system": "Respond with only a single valid JSON object: no other text, no Markdown code fences. "
-            'It must match this JSON schema:\n{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}',
             "messages": [{"role": "user", "content": "Ada, 36"}],
+            "tools": [
+                {
+                    "name": "json_response",
+                    "description": "Give your whole answer as this tool's input: a single JSON object.",
+                    "input_schema": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string"}},
+                        "required": ["name"],
+                    },
+                }
+            ],
+            "tool_choice": {"type": "tool", "name": "json_response"},
         },
-        id="json-schema-becomes-system-prompt",
+        id="json-schema-is-the-forced-tool-input-schema",
     ),
     pytest.param(
         {
@@ -475,6 +492,7 @@ REQUEST_TO_WIRE = [
                 },
                 {"role": "user", "content": "x"},
             ],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
             "response_format": {"type": "json_object"},
         },
         {
@@ -488,8 +506,9 @@ REQUEST_TO_WIRE = [
                 },
             ],
             "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}}],
         },
-        id="json-mode-with-block-system",
+        id="json-mode-beside-client-tools-falls-back-to-the-system-prompt",
     ),
     pytest.param(
         {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "top_k": 40},
@@ -2128,3 +2147,78 @@ def test_error_to_wire_is_an_sdk_error_body() -> None:
         "type": "error",
         "error": {"type": "overloaded_error", "message": "Overloaded"},
     }
+
+
+# --- JSON mode through the forced tool ---------------------------------------------------------
+
+
+def test_json_tool_answer_becomes_message_text():
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [
+            {"type": "text", "text": "Here you go:"},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "json_response",
+                "input": {"name": "Ada", "age": 36},
+            },
+        ],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    }
+    response = af.parse_response(body, "m", json_tool=True)
+    assert response.choices[0].message.content == '{"name":"Ada","age":36}'
+    assert response.choices[0].message.tool_calls is None
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_json_tool_stream_becomes_content_deltas():
+    decoder = af.StreamDecoder("m", json_tool=True)
+    events = [
+        (
+            "message_start",
+            {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 9}}},
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_1", "name": "json_response", "input": {}},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": '{"a":'},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": "1}"},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 4}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    chunks = [c for name, data in events for c in decoder.feed(name, data)]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == '{"a":1}'
+    assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "stop"
+    ]
+    assert chunks[-1].usage.completion_tokens == 4

@@ -17,12 +17,14 @@ WEATHER_TOOL = {
 
 @pytest.fixture
 def client(gateway):
-    return anthropic.Anthropic(base_url=gateway.url, api_key=MASTER_KEY, max_retries=0)
+    with anthropic.Anthropic(base_url=gateway.url, api_key=MASTER_KEY, max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def aclient(gateway):
-    return anthropic.AsyncAnthropic(base_url=gateway.url, api_key=MASTER_KEY, max_retries=0)
+async def aclient(gateway):
+    async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key=MASTER_KEY, max_retries=0) as client:
+        yield client
 
 
 @pytest.mark.parametrize("model", MODELS)

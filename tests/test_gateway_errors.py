@@ -14,16 +14,29 @@ AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
 HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def oa(gateway, **kw):
-    return openai.OpenAI(
-        base_url=gateway.url + "/v1", api_key=kw.pop("api_key", MASTER_KEY), max_retries=0, **kw
-    )
+@pytest.fixture
+def clients(gateway):
+    """A factory for SDK clients pointed at the gateway; all are closed after the test."""
+    made = []
+
+    def make(sdk, **kw):
+        base = gateway.url + ("/v1" if sdk is openai.OpenAI else "")
+        made.append(sdk(base_url=base, api_key=kw.pop("api_key", MASTER_KEY), max_retries=0, **kw))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
 
 
-def an(gateway, **kw):
-    return anthropic.Anthropic(
-        base_url=gateway.url, api_key=kw.pop("api_key", MASTER_KEY), max_retries=0, **kw
-    )
+@pytest.fixture
+def oa(clients):
+    return lambda **kw: clients(openai.OpenAI, **kw)
+
+
+@pytest.fixture
+def an(clients):
+    return lambda **kw: clients(anthropic.Anthropic, **kw)
 
 
 def assert_openai_error(response: httpx.Response, status: int, type_: str) -> dict:
@@ -43,11 +56,11 @@ def assert_anthropic_error(response: httpx.Response, status: int, type_: str) ->
 # --- auth -------------------------------------------------------------------------------------
 
 
-def test_missing_and_wrong_key(gateway):
+def test_missing_and_wrong_key(gateway, oa, an):
     with pytest.raises(openai.AuthenticationError):
-        oa(gateway, api_key="sk-wrong").chat.completions.create(**HELLO)
+        oa(api_key="sk-wrong").chat.completions.create(**HELLO)
     with pytest.raises(anthropic.AuthenticationError):
-        an(gateway, api_key="sk-wrong").messages.create(max_tokens=10, **HELLO)
+        an(api_key="sk-wrong").messages.create(max_tokens=10, **HELLO)
     response = httpx.post(gateway.url + "/v1/chat/completions", json=HELLO)
     assert_openai_error(response, 401, "authentication_error")
 
@@ -99,12 +112,12 @@ def test_anthropic_bad_bodies_are_400(gateway, body):
     assert_anthropic_error(response, 400, "invalid_request_error")
 
 
-def test_unknown_model_is_404_in_both_formats(gateway):
+def test_unknown_model_is_404_in_both_formats(gateway, oa, an):
     with pytest.raises(openai.NotFoundError) as e:
-        oa(gateway).chat.completions.create(model="gpt-17", messages=HELLO["messages"])
+        oa().chat.completions.create(model="gpt-17", messages=HELLO["messages"])
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(anthropic.NotFoundError):
-        an(gateway).messages.create(model="gpt-17", max_tokens=10, messages=HELLO["messages"])
+        an().messages.create(model="gpt-17", max_tokens=10, messages=HELLO["messages"])
 
 
 def test_oversized_body_is_413(gateway):
@@ -127,9 +140,9 @@ def test_unknown_path_and_wrong_method(gateway):
     )
 
 
-def test_capability_mismatch_is_400_not_an_upstream_surprise(gateway):
+def test_capability_mismatch_is_400_not_an_upstream_surprise(gateway, oa):
     with pytest.raises(openai.BadRequestError, match="does not support tools"):
-        oa(gateway).chat.completions.create(
+        oa().chat.completions.create(
             model="text-only",
             messages=HELLO["messages"],
             tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
@@ -140,9 +153,9 @@ def test_capability_mismatch_is_400_not_an_upstream_surprise(gateway):
 
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
-def test_upstream_rate_limit_is_429_with_retry_after(gateway, dialect):
+def test_upstream_rate_limit_is_429_with_retry_after(gateway, dialect, oa):
     with pytest.raises(openai.RateLimitError) as e:
-        oa(gateway).chat.completions.create(model=f"429-{dialect}", messages=HELLO["messages"])
+        oa().chat.completions.create(model=f"429-{dialect}", messages=HELLO["messages"])
     assert e.value.response.headers["retry-after"] == "7"
 
 
@@ -157,44 +170,42 @@ def test_upstream_rate_limit_is_429_with_retry_after(gateway, dialect):
     ],
 )
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
-def test_upstream_failures_map_to_5xx(gateway, kind, error, status, dialect):
+def test_upstream_failures_map_to_5xx(gateway, kind, error, status, dialect, oa):
     with pytest.raises(error) as e:
-        oa(gateway).chat.completions.create(model=f"{kind}-{dialect}", messages=HELLO["messages"])
+        oa().chat.completions.create(model=f"{kind}-{dialect}", messages=HELLO["messages"])
     assert e.value.status_code == status
     assert e.value.body["type"] == "api_error"
 
 
-def test_upstream_hang_hits_the_total_deadline(gateway):
+def test_upstream_hang_hits_the_total_deadline(gateway, oa):
     # The gateway's execute.timeout_s is 5 in this config: a 504, well before the client gives up.
     with pytest.raises(openai.APIStatusError) as e:
-        oa(gateway, timeout=20).chat.completions.create(model="hang-openai", messages=HELLO["messages"])
+        oa(timeout=20).chat.completions.create(model="hang-openai", messages=HELLO["messages"])
     assert e.value.status_code == 504
 
 
-def test_unreachable_upstream_is_502(gateway):
+def test_unreachable_upstream_is_502(gateway, oa):
     with pytest.raises(openai.InternalServerError) as e:
-        oa(gateway).chat.completions.create(model="unreachable", messages=HELLO["messages"])
+        oa().chat.completions.create(model="unreachable", messages=HELLO["messages"])
     assert e.value.status_code == 502 and "connect" in e.value.message.lower()
 
 
-def test_missing_provider_key_names_the_fix(gateway):
+def test_missing_provider_key_names_the_fix(gateway, oa):
     with pytest.raises(openai.InternalServerError, match="LLMRELAY_TEST_UNSET_KEY"):
-        oa(gateway).chat.completions.create(model="needs-key", messages=HELLO["messages"])
+        oa().chat.completions.create(model="needs-key", messages=HELLO["messages"])
 
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
-def test_error_before_first_byte_of_a_stream_is_a_plain_http_error(gateway, dialect):
+def test_error_before_first_byte_of_a_stream_is_a_plain_http_error(gateway, dialect, oa, an):
     with pytest.raises(openai.RateLimitError):
-        oa(gateway).chat.completions.create(model=f"429-{dialect}", messages=HELLO["messages"], stream=True)
+        oa().chat.completions.create(model=f"429-{dialect}", messages=HELLO["messages"], stream=True)
     with pytest.raises(anthropic.RateLimitError):
-        an(gateway).messages.create(
-            model=f"429-{dialect}", max_tokens=10, messages=HELLO["messages"], stream=True
-        )
+        an().messages.create(model=f"429-{dialect}", max_tokens=10, messages=HELLO["messages"], stream=True)
 
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
-def test_truncated_stream_ends_in_an_explicit_error_never_silent_success(gateway, dialect):
-    stream = oa(gateway).chat.completions.create(
+def test_truncated_stream_ends_in_an_explicit_error_never_silent_success(gateway, dialect, oa, an):
+    stream = oa().chat.completions.create(
         model=f"truncate-{dialect}",
         messages=[{"role": "user", "content": "a reply long enough to cut short"}],
         stream=True,
@@ -204,7 +215,7 @@ def test_truncated_stream_ends_in_an_explicit_error_never_silent_success(gateway
             pass
     with (
         pytest.raises(anthropic.APIStatusError, match="truncated"),
-        an(gateway).messages.stream(
+        an().messages.stream(
             model=f"truncate-{dialect}",
             max_tokens=100,
             messages=[{"role": "user", "content": "a reply long enough to cut short"}],

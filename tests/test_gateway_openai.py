@@ -23,12 +23,14 @@ WEATHER_TOOL = {
 
 @pytest.fixture
 def client(gateway):
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=MASTER_KEY, max_retries=0)
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=MASTER_KEY, max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def aclient(gateway):
-    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=MASTER_KEY, max_retries=0)
+async def aclient(gateway):
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=MASTER_KEY, max_retries=0) as client:
+        yield client
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -19,11 +19,13 @@ import pytest_asyncio
 
 from llmrelay import tokens
 from llmrelay.errors import ConfigError
-from llmrelay.simulator import SimulatorServer, SimulatorSettings, load_rules
+from llmrelay.simulator import SimulatorServer, SimulatorSettings, load_rules, serve
 from llmrelay.simulator.answer import placeholder
 from llmrelay.simulator.extras import pseudo_embedding
+from llmrelay.simulator.render import split_tokens
 from llmrelay.types import Message
 
+# One event loop for the module, so one simulator serves most tests (plain tests are async too for that).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 RULES = [
@@ -48,14 +50,20 @@ async def sim() -> AsyncIterator[SimulatorServer]:
     await server.stop()
 
 
-@pytest.fixture
-def oai(sim: SimulatorServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=sim.url + "/v1", api_key="test", max_retries=0, timeout=10)
+@pytest_asyncio.fixture(loop_scope="module")
+async def oai(sim: SimulatorServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=sim.url + "/v1", api_key="test", max_retries=0, timeout=10
+    ) as client:
+        yield client
 
 
-@pytest.fixture
-def ant(sim: SimulatorServer) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=sim.url, api_key="test", max_retries=0, timeout=10)
+@pytest_asyncio.fixture(loop_scope="module")
+async def ant(sim: SimulatorServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(
+        base_url=sim.url, api_key="test", max_retries=0, timeout=10
+    ) as client:
+        yield client
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -122,6 +130,41 @@ async def test_openai_tool_call_stream(oai: openai.AsyncOpenAI) -> None:
     assert deltas[-1].finish_reason == "tool_calls"
 
 
+async def test_forced_tool_choice(oai: openai.AsyncOpenAI, ant: anthropic.AsyncAnthropic) -> None:
+    params = {
+        "type": "object",
+        "properties": {"q": {"type": "string"}, "n": {"type": "integer"}},
+        "required": ["q"],
+    }
+    tools = [{"type": "function", "function": {"name": "search", "parameters": params}}]
+    r = await oai.chat.completions.create(
+        model="gpt-4o",
+        messages=_user("find cats"),
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "search"}},
+    )
+    call = (r.choices[0].message.tool_calls or [])[0]
+    assert call.function.name == "search" and json.loads(call.function.arguments) == {"q": "find cats"}
+    # "required" with a matching tool_call rule uses the rule's arguments
+    weather = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    r = await oai.chat.completions.create(
+        model="gpt-4o",
+        messages=_user("weather in Bergen"),
+        tools=weather,  # type: ignore[arg-type]
+        tool_choice="required",
+    )
+    assert json.loads((r.choices[0].message.tool_calls or [])[0].function.arguments) == {"city": "Bergen"}
+    # JSON mode as a forced tool (how the gateway asks Anthropic for JSON)
+    m = await ant.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        tools=[{"name": "json_response", "input_schema": {"type": "object"}}],
+        tool_choice={"type": "tool", "name": "json_response"},
+        messages=_user("cats"),
+    )
+    assert m.content[0].type == "tool_use" and m.content[0].input == {"answer": "cats"}
+
+
 async def test_openai_tool_result_is_acknowledged(oai: openai.AsyncOpenAI) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
     messages = [
@@ -164,7 +207,7 @@ async def test_openai_json_rule_and_json_modes(oai: openai.AsyncOpenAI) -> None:
     }
 
 
-def test_schema_placeholder_refs_and_nesting() -> None:
+async def test_schema_placeholder_refs_and_nesting() -> None:
     schema = {
         "type": "object",
         "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}},
@@ -177,6 +220,14 @@ def test_schema_placeholder_refs_and_nesting() -> None:
         "required": ["p", "ok", "maybe", "pts"],
     }
     assert placeholder(schema, "t") == {"p": {"x": 0}, "ok": False, "maybe": "t", "pts": [{"x": 0}]}
+
+
+async def test_stream_pieces_never_split_characters() -> None:
+    text = "日本語のテキスト 🎉🎉 café naïve — done"
+    pieces = split_tokens(text, "gpt-4o", per_chunk=1)
+    assert "".join(p for p, _ in pieces) == text
+    assert all("\ufffd" not in p for p, _ in pieces)
+    assert sum(n for _, n in pieces) == tokens.count_text(text, "gpt-4o")
 
 
 async def test_openai_max_tokens_truncates(oai: openai.AsyncOpenAI) -> None:
@@ -227,13 +278,13 @@ async def test_openai_prompt_caching(oai: openai.AsyncOpenAI) -> None:
 
 async def test_anthropic_echo_and_usage(ant: anthropic.AsyncAnthropic) -> None:
     m = await ant.messages.create(
-        model="claude-sonnet-4-5", max_tokens=100, system="Be brief.", messages=_user("hello claude")
+        model="claude-haiku-4-5", max_tokens=100, system="Be brief.", messages=_user("hello claude")
     )
     assert m.content[0].type == "text" and m.content[0].text == "You said: hello claude"
     assert m.stop_reason == "end_turn"
     canonical = [Message(role="system", content="Be brief."), Message(role="user", content="hello claude")]
-    assert m.usage.input_tokens == tokens.count_messages(canonical, "claude-sonnet-4-5")
-    assert m.usage.output_tokens == tokens.count_text("You said: hello claude", "claude-sonnet-4-5")
+    assert m.usage.input_tokens == tokens.count_messages(canonical, "claude-haiku-4-5")
+    assert m.usage.output_tokens == tokens.count_text("You said: hello claude", "claude-haiku-4-5")
 
 
 async def test_anthropic_stream(ant: anthropic.AsyncAnthropic) -> None:
@@ -278,12 +329,12 @@ async def test_anthropic_tools(ant: anthropic.AsyncAnthropic) -> None:
 async def test_anthropic_prompt_caching(ant: anthropic.AsyncAnthropic) -> None:
     system = [{"type": "text", "text": LONG_TEXT + " anthropic", "cache_control": {"type": "ephemeral"}}]
     first = await ant.messages.create(
-        model="claude-sonnet-4-5", max_tokens=50, system=system, messages=_user("q1")
+        model="claude-haiku-4-5", max_tokens=50, system=system, messages=_user("q1")
     )
     assert first.usage.cache_creation_input_tokens and first.usage.cache_creation_input_tokens > 1024
     assert first.usage.cache_read_input_tokens == 0
     second = await ant.messages.create(
-        model="claude-sonnet-4-5", max_tokens=50, system=system, messages=_user("q2")
+        model="claude-haiku-4-5", max_tokens=50, system=system, messages=_user("q2")
     )
     assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
     assert second.usage.cache_creation_input_tokens == 0
@@ -464,8 +515,8 @@ async def test_seeded_fault_probabilities_are_reproducible() -> None:
 
 async def test_latency_header_and_per_token() -> None:
     server = await _start(per_model={"slow-*": {"per_token_ms": 20}})
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="t", max_retries=0)
     try:
-        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="t", max_retries=0)
         started = time.monotonic()
         await client.chat.completions.create(
             model="m", messages=_user("x"), extra_headers={"x-sim-latency-ms": "250"}
@@ -483,6 +534,7 @@ async def test_latency_header_and_per_token() -> None:
         assert arrivals[-1] - started >= 0.12
         assert arrivals[-1] - arrivals[0] >= 0.08
     finally:
+        await client.close()
         await server.stop()
 
 
@@ -492,26 +544,29 @@ async def test_latency_header_and_per_token() -> None:
 async def test_api_key_required_when_configured() -> None:
     server = await _start(api_key="sekrit")
     try:
-        bad = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
-        with pytest.raises(openai.AuthenticationError):
-            await bad.chat.completions.create(model="m", messages=_user("x"))
-        good = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="sekrit", max_retries=0)
-        assert (await good.chat.completions.create(model="m", messages=_user("ping"))).choices[
-            0
-        ].message.content == "pong"
-        ant_bad = anthropic.AsyncAnthropic(base_url=server.url, api_key="wrong", max_retries=0)
-        with pytest.raises(anthropic.AuthenticationError):
-            await ant_bad.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=_user("x"))
-        ant_good = anthropic.AsyncAnthropic(base_url=server.url, api_key="sekrit", max_retries=0)
-        await ant_good.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=_user("x"))
+        for key, ok in (("wrong", False), ("sekrit", True)):
+            async with (
+                openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as oai,
+                anthropic.AsyncAnthropic(base_url=server.url, api_key=key, max_retries=0) as ant,
+            ):
+                if ok:
+                    r = await oai.chat.completions.create(model="m", messages=_user("ping"))
+                    assert r.choices[0].message.content == "pong"
+                    await ant.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=_user("x"))
+                    continue
+                with pytest.raises(openai.AuthenticationError):
+                    await oai.chat.completions.create(model="m", messages=_user("x"))
+                with pytest.raises(anthropic.AuthenticationError):
+                    await ant.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=_user("x"))
     finally:
         await server.stop()
 
 
 async def test_fixed_reply_mode() -> None:
     server = await _start(fixed_reply="Fixed answer.")
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="t", max_retries=0)
+    ant_client = anthropic.AsyncAnthropic(base_url=server.url, api_key="t", max_retries=0)
     try:
-        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="t", max_retries=0)
         for _ in range(2):  # the second one is served from the pre-rendered cache
             r = await client.chat.completions.create(model="gpt-4o", messages=_user("whatever"))
             assert r.choices[0].message.content == "Fixed answer."
@@ -521,7 +576,6 @@ async def test_fixed_reply_mode() -> None:
         assert (
             "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "Fixed answer."
         )
-        ant_client = anthropic.AsyncAnthropic(base_url=server.url, api_key="t", max_retries=0)
         m = await ant_client.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=_user("x"))
         assert m.content[0].type == "text" and m.content[0].text == "Fixed answer."
         with pytest.raises(openai.RateLimitError):  # faults still apply
@@ -529,6 +583,8 @@ async def test_fixed_reply_mode() -> None:
                 model="gpt-4o", messages=_user("x"), extra_headers={"x-sim-fault": "429"}
             )
     finally:
+        await client.close()
+        await ant_client.close()
         await server.stop()
 
 
@@ -548,7 +604,7 @@ async def test_embeddings(oai: openai.AsyncOpenAI) -> None:
     assert again.data[0].embedding == pseudo_embedding("hello world", 64)
 
 
-def test_embedding_base64_is_little_endian_float32() -> None:
+async def test_embedding_base64_is_little_endian_float32() -> None:
     vector = pseudo_embedding("x", 8)
     packed = base64.b64encode(struct.pack("<8f", *vector))
     assert struct.unpack("<8f", base64.b64decode(packed)) == pytest.approx(vector, abs=1e-6)
@@ -566,12 +622,15 @@ async def test_moderations(oai: openai.AsyncOpenAI) -> None:
 
 async def test_models(oai: openai.AsyncOpenAI, ant: anthropic.AsyncAnthropic) -> None:
     ids = [m.id async for m in oai.models.list()]
-    assert "gpt-4o" in ids and "claude-sonnet-4-5" in ids
+    assert "gpt-4o" in ids and "claude-haiku-4-5" in ids
     assert (await oai.models.retrieve("gpt-4o")).id == "gpt-4o"
     with pytest.raises(openai.NotFoundError):
         await oai.models.retrieve("no-such-model")
     claude = [m.id async for m in ant.models.list()]
     assert claude and all(m.startswith("claude") for m in claude)
+    assert (await ant.models.retrieve("claude-haiku-4-5")).id == "claude-haiku-4-5"
+    with pytest.raises(anthropic.NotFoundError):
+        await ant.models.retrieve("no-such-model")
 
 
 async def test_bad_requests_never_500(sim: SimulatorServer) -> None:
@@ -589,10 +648,19 @@ async def test_bad_requests_never_500(sim: SimulatorServer) -> None:
         assert (await client.get("/health")).json() == {"status": "ok"}
 
 
+async def test_serve_with_ready_event() -> None:
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(SimulatorSettings(port=0), ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # --- settings and rules files -----------------------------------------------------------------
 
 
-def test_settings_and_rules_from_yaml(tmp_path: Path) -> None:
+async def test_settings_and_rules_from_yaml(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text("- match: '^hi$'\n  reply: hello\n")
     config = tmp_path / "sim.yaml"
     config.write_text(
@@ -610,7 +678,7 @@ def test_settings_and_rules_from_yaml(tmp_path: Path) -> None:
     assert load_rules(None)  # the packaged default rules load
 
 
-def test_invalid_config(tmp_path: Path) -> None:
+async def test_invalid_config(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("faults: {429: 0.8, 500: 0.8}\n")
     with pytest.raises(ConfigError, match="more than 1"):

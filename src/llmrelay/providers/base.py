@@ -47,7 +47,7 @@ class Adapter(Protocol):
 
     def build(self, request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]: ...
 
-    def parse_response(self, body: Any, model: str) -> ChatResponse: ...
+    def parse_response(self, body: Any, request: ChatRequest, model: str) -> ChatResponse: ...
 
     def stream_decoder(self, request: ChatRequest, model: str) -> StreamDecoder: ...
 
@@ -133,7 +133,7 @@ class HTTPProvider:
                 status_code=resp.status,
                 body=raw[:500].decode("utf-8", "replace"),
             ) from None
-        return self.adapter.parse_response(body, entry.name)
+        return self.adapter.parse_response(body, request, entry.name)
 
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[Chunk]:
         """Send the request and return its chunks once the upstream has answered 2xx.

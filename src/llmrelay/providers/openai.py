@@ -21,7 +21,7 @@ class OpenAIAdapter:
     def build(self, request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
         return openai_format.request_to_wire(request, upstream_model, stream=stream)
 
-    def parse_response(self, body: Any, model: str) -> ChatResponse:
+    def parse_response(self, body: Any, request: ChatRequest, model: str) -> ChatResponse:
         return openai_format.parse_response(body, model)
 
     def stream_decoder(self, request: ChatRequest, model: str) -> OpenAIStreamDecoder:

@@ -2,10 +2,13 @@
 
 Order (first that applies wins):
 1. the ``x-sim-reply`` header;
-2. the last message is a tool result -> ``"The tool returned: <result>"`` (so a tool loop ends);
-3. the first rule matching the last user message (and the model);
-4. ``response_format`` json_object / json_schema -> a JSON object;
-5. the echo: ``"You said: <last user message>"``.
+2. ``tool_choice`` forces a tool (by name, or ``required``) -> a call to it: a matching tool_call
+   rule's arguments, else placeholder arguments from the tool's schema (what a real model must do,
+   and how JSON mode reaches Anthropic upstreams);
+3. the last message is a tool result -> ``"The tool returned: <result>"`` (so a tool loop ends);
+4. the first rule matching the last user message (and the model);
+5. ``response_format`` json_object / json_schema -> a JSON object;
+6. the echo: ``"You said: <last user message>"``.
 Then stop sequences cut the text (finish "stop") and the output limit truncates it (finish "length").
 """
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..tokens import encoding_for
-from ..types import ChatRequest, FinishReason
+from ..types import ChatRequest, FinishReason, NamedToolChoice
 from .rules import Rule, expand, find_rule
 
 ECHO_PREFIX = "You said: "
@@ -39,14 +42,17 @@ def last_user_text(request: ChatRequest) -> str:
 def decide(request: ChatRequest, rules: list[Rule], forced_reply: str | None = None) -> Answer:
     if forced_reply is not None:
         return Answer(text=forced_reply)
+    user_text = last_user_text(request)
+    found = find_rule(rules, user_text, request.model)
+    forced = _forced_tool(request)
+    if forced is not None:
+        return _forced_call(*forced, found, user_text)
     last = request.messages[-1]
     if last.role == "tool":
         result = last.text()
         if len(result) > _TOOL_RESULT_MAX_CHARS:
             result = result[:_TOOL_RESULT_MAX_CHARS] + "..."
         return Answer(text=TOOL_RESULT_PREFIX + result)
-    user_text = last_user_text(request)
-    found = find_rule(rules, user_text, request.model)
     if found is not None:
         return _from_rule(*found)
     fmt = request.response_format
@@ -55,6 +61,28 @@ def decide(request: ChatRequest, rules: list[Rule], forced_reply: str | None = N
     if fmt is not None and fmt.type in ("json_object", "json_schema"):
         return Answer(text=_dumps({"answer": user_text}))
     return Answer(text=ECHO_PREFIX + user_text)
+
+
+def _forced_tool(request: ChatRequest) -> tuple[list[str], dict[str, Any]] | None:
+    """(names allowed, schema of the default choice) when tool_choice leaves no room for text."""
+    tools = {t.function.name: t.function.parameters or {} for t in request.tools or ()}
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.get("name", "")
+        return [name], tools.get(name, {})
+    if choice == "required" and tools:
+        return list(tools), next(iter(tools.values()))
+    return None
+
+
+def _forced_call(
+    names: list[str], schema: dict[str, Any], found: tuple[Rule, Any] | None, user_text: str
+) -> Answer:
+    if found is not None and found[0].tool_call is not None and found[0].tool_call.name in names:
+        return _from_rule(*found)
+    # A bare {"type": "object"} (JSON mode as a tool) gets the same object as json_object mode.
+    arguments = placeholder(schema, user_text) if schema.get("properties") else {"answer": user_text}
+    return Answer(tool_name=names[0], tool_arguments=_dumps(arguments), finish_reason="tool_calls")
 
 
 def _from_rule(rule: Rule, match: Any) -> Answer:

@@ -92,7 +92,7 @@ class SimulatorApp:
         ex = Exchange(scope, receive, send)
         path = _normalize(scope["path"])
         anthropic = path.startswith("/v1/messages") or (
-            path == "/v1/models" and "anthropic-version" in ex.headers
+            path.startswith("/v1/models") and "anthropic-version" in ex.headers
         )
         wire = ANTHROPIC if anthropic else OPENAI
         try:
@@ -295,7 +295,8 @@ class SimulatorApp:
         model = _normalize(ex.scope["path"]).removeprefix("/v1/models/")
         if model not in self.settings.models:
             raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
-        await ex.respond(200, orjson.dumps(extras.openai_model(model)))
+        shape = extras.anthropic_model if "anthropic-version" in ex.headers else extras.openai_model
+        await ex.respond(200, orjson.dumps(shape(model)))
 
     async def _health(self, ex: Exchange) -> None:
         await ex.respond(200, b'{"status":"ok"}')

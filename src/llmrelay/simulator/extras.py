@@ -26,12 +26,12 @@ def openai_model(model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": _CREATED, "owned_by": owner}
 
 
+def anthropic_model(model: str) -> dict[str, Any]:
+    return {"type": "model", "id": model, "display_name": model, "created_at": "2025-01-01T00:00:00Z"}
+
+
 def anthropic_models(models: list[str]) -> dict[str, Any]:
-    data = [
-        {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
-        for m in models
-        if m.startswith("claude")
-    ]
+    data = [anthropic_model(m) for m in models if m.startswith("claude")]
     return {
         "data": data,
         "has_more": False,

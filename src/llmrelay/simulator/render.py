@@ -59,13 +59,18 @@ def split_tokens(text: str, model: str, per_chunk: int = TOKENS_PER_CHUNK) -> li
     ids = enc.encode_ordinary(text)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pieces: list[tuple[str, int]] = []
+    pending = 0  # tokens whose bytes were all held back: counted with the next piece
     for start in range(0, len(ids), per_chunk):
         group = ids[start : start + per_chunk]
         piece = decoder.decode(b"".join(enc.decode_single_token_bytes(t) for t in group))
-        pieces.append((piece, len(group)))
-    if pieces and (rest := decoder.decode(b"", final=True)):
-        pieces[-1] = (pieces[-1][0] + rest, pieces[-1][1])
-    return [p for p in pieces if p[0]]
+        pending += len(group)
+        if piece:
+            pieces.append((piece, pending))
+            pending = 0
+    rest = decoder.decode(b"", final=True)
+    if rest or pending:
+        pieces.append((rest, pending))
+    return pieces
 
 
 def plan_chunks(response: ChatResponse) -> list[tuple[Chunk, int]]:

@@ -29,6 +29,7 @@ DEFAULT_MODELS = (
     "omni-moderation-latest",
     "claude-sonnet-4-5",
     "claude-haiku-4-5",
+    "claude-sonnet-4-6",
     "claude-opus-4-1",
 )
 
