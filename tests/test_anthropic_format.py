@@ -43,7 +43,7 @@ STREAM_EVENT = TypeAdapter(RawMessageStreamEvent)
 
 @pytest.fixture(autouse=True)
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(af, "_now", lambda: NOW)
+    monkeypatch.setattr("llmrelay.providers.anthropic_format._common._now", lambda: NOW)
 
 
 def golden_stream(name: str) -> dict[str, Any]:

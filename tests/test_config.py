@@ -57,3 +57,11 @@ def test_embedded_default_adds_real_models_only_with_keys():
     assert bare == {"sim/gpt-4o-mini", "sim/gpt-4o", "sim/claude-haiku", "sim/claude-sonnet"}
     with_key = {m.name for m in Settings.embedded({"ANTHROPIC_API_KEY": "k"}).models}
     assert {"claude-sonnet-4-5", "claude-haiku-4-5"} <= with_key and "gpt-4o" not in with_key
+
+
+def test_examples_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent.parent / "examples").glob("*.yaml")):
+        settings = Settings.load(path, env={})
+        assert settings.models, path

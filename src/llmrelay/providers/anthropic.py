@@ -26,7 +26,9 @@ class AnthropicAdapter:
         return anthropic_format.request_to_wire(request, upstream_model, stream=stream)
 
     def parse_response(self, body: Any, request: ChatRequest, model: str) -> ChatResponse:
-        return anthropic_format.parse_response(body, model, json_tool=anthropic_format.uses_json_tool(request))
+        return anthropic_format.parse_response(
+            body, model, json_tool=anthropic_format.uses_json_tool(request)
+        )
 
     def stream_decoder(self, request: ChatRequest, model: str) -> anthropic_format.StreamDecoder:
         return anthropic_format.StreamDecoder(model, json_tool=anthropic_format.uses_json_tool(request))
