@@ -8,9 +8,11 @@ requests/s, latency p50/p99, the gateway/direct throughput ratio, the latency th
 the gateway's CPU time per request (from /proc/<pid>/stat). Figures are paired per round and the
 median over rounds is shown, so slow drift of the machine affects both sides alike.
 
-    .venv/bin/python bench/overhead.py                       # ~1 minute, nginx upstream, wrk
+    .venv/bin/python bench/overhead.py                       # ~30 s: nginx upstream, wrk
+    .venv/bin/python bench/overhead.py --passthrough         # + the floor (bench/passthrough.py)
     .venv/bin/python bench/overhead.py --upstream simulator  # the Python simulator as upstream
-    .venv/bin/python bench/overhead.py --target other=http://127.0.0.1:4001/v1   # a peer gateway
+    # a peer gateway fronting the same upstream (start it first, pointed at port 8100):
+    .venv/bin/python bench/overhead.py --upstream-port 8100 --target other=http://127.0.0.1:4001/v1@PID
 
 Load generator: ``wrk`` (C, one thread) when installed (``apt-get install wrk``), else a Python
 aiohttp client in a separate process (costlier: it takes more of the CPU the servers need).
@@ -24,6 +26,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -82,10 +85,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Foreign:
+    """A process we did not start (a peer given with --target ...@PID): read, never stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def poll(self) -> int:
+        return 0  # never ours to stop
+
+
 @dataclass
 class Proc:
     name: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | _Foreign
     log_path: Path
 
     @property
@@ -119,7 +132,12 @@ def start(name: str, argv: list[str], ready_url: str, tmp: Path, procs: list[Pro
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     proc = Proc(name, process, log_path)
     procs.append(proc)
@@ -140,15 +158,12 @@ def llmrelay(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmrelay.cli", *args]
 
 
-def start_nginx(tmp: Path, procs: list[Proc]) -> tuple[Proc, str]:
-    nginx = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-    )
+def start_nginx(tmp: Path, procs: list[Proc], port: int) -> tuple[Proc, str]:
+    nginx = _nginx()
     if nginx is None:
         raise SystemExit(
             "nginx is not installed: apt-get install -y nginx (or run with --upstream simulator)"
         )
-    port = free_port()
     reply = json.dumps(UPSTREAM_REPLY, separators=(",", ":"))
     assert "'" not in reply and "$" not in reply and "\\" not in reply  # nginx string literal
     (tmp / "nginx").mkdir()
@@ -184,8 +199,13 @@ http {{
     return start("nginx", argv, url + "/health", tmp, procs), url
 
 
-def start_simulator(tmp: Path, procs: list[Proc]) -> tuple[Proc, str]:
-    port = free_port()
+def _nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
+
+
+def start_simulator(tmp: Path, procs: list[Proc], port: int) -> tuple[Proc, str]:
     config = tmp / "simulator.yaml"
     config.write_text(json.dumps({"fixed_reply": REPLY}))  # JSON is YAML
     url = f"http://127.0.0.1:{port}"
@@ -209,6 +229,13 @@ def start_gateway(upstream_url: str, tmp: Path, procs: list[Proc]) -> tuple[Proc
     return start("gateway", argv, url + "/healthz", tmp, procs), url
 
 
+def start_passthrough(upstream_url: str, tmp: Path, procs: list[Proc]) -> tuple[Proc, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, str(ROOT / "bench" / "passthrough.py"), "--upstream", upstream_url + "/v1"]
+    return start("passthrough", [*argv, "--port", str(port)], url + "/healthz", tmp, procs), url
+
+
 # --- load ---------------------------------------------------------------------------------------
 
 
@@ -219,6 +246,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     errors: int
+    total: int = 0  # every response received (CPU is divided by this)
     server_cpu_s: float | None = None  # the target's own process, when we started it
     client_cpu_s: float = 0.0
 
@@ -228,6 +256,18 @@ class Run:
 
 
 WRK_SCRIPT = """
+-- POST one body; after {limit} responses stop sending and print the time from the first response
+-- to the last (LuaJIT ffi clock), so throughput excludes wrk start-up and connecting.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct {{ long tv_sec; long tv_nsec; }} bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
 wrk.method = "POST"
 wrk.body = [==[{body}]==]
 wrk.headers["Content-Type"] = "application/json"
@@ -235,17 +275,21 @@ wrk.headers["Authorization"] = "Bearer {key}"
 local limit = {limit}
 local count = 0
 local bad = 0
+local first = 0
 function response(status, headers, body)
   count = count + 1
   if status ~= 200 then bad = bad + 1 end
-  if count >= limit then wrk.thread:stop() end
+  if count == 1 then first = now() end
+  if count == limit then
+    wrk.thread:stop()
+    io.write(string.format("STOP %d %.6f %d\\n", count, now() - first, bad))
+    io.stdout:flush()
+  end
 end
 function done(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format(
-    '\\nBENCH {{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d}}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
+  io.write(string.format("BENCH %d %d %d %d\\n", latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, summary.requests))
 end
 """
 
@@ -267,14 +311,42 @@ class Wrk:
         return self._scripts[limit]
 
     def run(self, url: str, n: int, concurrency: int) -> Run:
-        # One thread stops after n responses; the duration is only a backstop.
-        argv = ["wrk", "-t1", f"-c{concurrency}", "-d120s", "--timeout", "10s", "-s", str(self._script(n)), url]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=180)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH ")), None)
-        if line is None:
-            raise SystemExit(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-        r = json.loads(line[6:])
-        return Run(r["requests"], r["duration_us"] / 1e6, r["p50_us"] / 1e3, r["p99_us"] / 1e3, r["errors"])
+        # wrk runs for a duration; the script says when n responses are in and we end it with
+        # SIGINT (wrk then prints its latency distribution). -d is only a backstop.
+        argv = [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            "-d120s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(self._script(n)),
+            url,
+        ]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stop = bench = None
+        output = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                output.append(line)
+                if line.startswith("STOP ") and stop is None:
+                    stop = line.split()
+                    proc.send_signal(signal.SIGINT)
+                elif line.startswith("BENCH "):
+                    bench = line.split()
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if stop is None or bench is None:
+            raise SystemExit(f"wrk did not complete {n} requests to {url}:\n{''.join(output)}")
+        count, seconds, bad = int(stop[1]), float(stop[2]), int(stop[3])
+        p50_us, p99_us, io_errors = int(bench[1]), int(bench[2]), int(bench[3])
+        # count - 1 intervals between the first response and the count-th one
+        return Run(count - 1, seconds, p50_us / 1e3, p99_us / 1e3, bad + io_errors, int(bench[4]))
 
 
 class PyClient:
@@ -292,7 +364,7 @@ class PyClient:
         if out.returncode != 0:
             raise SystemExit(f"load generator failed:\n{out.stderr.decode(errors='replace')}")
         r = json.loads(out.stdout)
-        return Run(r["requests"], r["seconds"], r["p50_ms"], r["p99_ms"], r["errors"])
+        return Run(r["requests"], r["seconds"], r["p50_ms"], r["p99_ms"], r["errors"], r["requests"])
 
 
 def loadgen_main(url: str, n: int, concurrency: int, key: str) -> None:
@@ -311,10 +383,13 @@ def loadgen_main(url: str, n: int, concurrency: int, key: str) -> None:
         while left > 0:
             left -= 1
             t = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    errors += 1
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+            except (aiohttp.ClientError, OSError):
+                errors += 1
             latencies.append(time.perf_counter() - t)
 
     async def main() -> float:
@@ -324,12 +399,23 @@ def loadgen_main(url: str, n: int, concurrency: int, key: str) -> None:
             await asyncio.gather(*(worker(session) for _ in range(concurrency)))
             return time.perf_counter() - t
 
-    seconds = asyncio.run(main())
+    try:
+        import uvloop
+
+        seconds = uvloop.run(main())
+    except ImportError:
+        seconds = asyncio.run(main())
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3  # noqa: E731
     print(
         json.dumps(
-            {"requests": len(latencies), "seconds": seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors}
+            {
+                "requests": len(latencies),
+                "seconds": seconds,
+                "p50_ms": pick(0.5),
+                "p99_ms": pick(0.99),
+                "errors": errors,
+            }
         )
     )
 
@@ -361,19 +447,21 @@ class Target:
         return run
 
 
-def check(target: Target, body: bytes) -> None:
+def check(target: Target, body: bytes, key: str) -> None:
     """One request by hand: the target must answer 200 with a chat completion."""
     req = urllib.request.Request(
         target.url,
         data=body,
-        headers={"content-type": "application/json", "authorization": "Bearer sk-bench"},
+        headers={"content-type": "application/json", "authorization": f"Bearer {key}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             data = json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
         tail = f"\n{target.proc.log_tail()}" if target.proc else ""
-        raise SystemExit(f"{target.name} ({target.url}) does not answer the benchmark request: {exc}{tail}")
+        raise SystemExit(
+            f"{target.name} ({target.url}) does not answer the benchmark request: {exc}{tail}"
+        ) from None
     if not data.get("choices"):
         raise SystemExit(f"{target.name} answered without choices: {data}")
 
@@ -395,7 +483,7 @@ def report(targets: list[Target], concurrencies: list[int], upstream: str, gen_n
     for c in concurrencies:
         for t in targets:
             runs = t.runs.get(c, [])
-            reqs = sum(r.requests for r in runs)
+            reqs = sum(r.total for r in runs)
             cpu = [r.server_cpu_s for r in runs if r.server_cpu_s is not None]
             srv = f"{sum(cpu) / reqs * 1e6:.0f} us" if cpu and reqs else "-"
             gen = f"{sum(r.client_cpu_s for r in runs) / reqs * 1e6:.0f} us" if reqs else "-"
@@ -417,18 +505,22 @@ def report(targets: list[Target], concurrencies: list[int], upstream: str, gen_n
                 f"added latency p50 {add50:+.3f} ms, p99 {add99:+.3f} ms"
             )
     runs = [r for c in concurrencies for r in gateway.runs.get(c, [])]
-    reqs = sum(r.requests for r in runs)
+    reqs = sum(r.total for r in runs)
     if reqs:
         cpu = sum(r.server_cpu_s or 0 for r in runs)
         print(
             f"gateway CPU per request (all gateway rounds): {cpu / reqs * 1e6:.0f} us "
-            f"=> at most ~{reqs / cpu:.0f} req/s per core" if cpu else "gateway CPU: not measurable"
+            f"=> at most ~{reqs / cpu:.0f} req/s per core"
+            if cpu
+            else "gateway CPU: not measurable"
         )
     top = max(concurrencies)
     d_rps = median([r.rps for r in direct.runs.get(top, [])])
     g_rps = median([r.rps for r in gateway.runs.get(top, [])])
     if g_rps:
-        print(f"upstream direct throughput at c={top}: {d_rps:.0f} req/s = {d_rps / g_rps:.1f}x the gateway's")
+        print(
+            f"upstream direct throughput at c={top}: {d_rps:.0f} req/s = {d_rps / g_rps:.1f}x the gateway's"
+        )
 
 
 def _cpu_model() -> str:
@@ -450,13 +542,13 @@ def main() -> None:
     ap.add_argument(
         "--upstream",
         choices=["nginx", "simulator"],
-        default="nginx",
-        help="what the gateway fronts (default nginx: a C upstream stays far above the gateway; "
-        "the Python simulator shares the 2 cores and is only a few times faster than the gateway)",
+        default=None,
+        help="what the gateway fronts (default nginx when installed: ~10 us of CPU a request, it stays "
+        "20x above the gateway; the Python simulator costs ~60 us a request on the same 2 cores)",
     )
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per concurrency (default 5)")
-    ap.add_argument("--requests-c1", type=int, default=1500, help="requests per run at concurrency 1")
-    ap.add_argument("--requests-c32", type=int, default=4000, help="requests per run at concurrency 32")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating rounds per concurrency (default 6)")
+    ap.add_argument("--requests-c1", type=int, default=3000, help="requests per run at concurrency 1")
+    ap.add_argument("--requests-c32", type=int, default=10000, help="requests per run at concurrency 32")
     ap.add_argument(
         "--concurrency", type=int, nargs="+", default=[1, 32], help="concurrency levels (default: 1 32)"
     )
@@ -464,9 +556,21 @@ def main() -> None:
         "--target",
         action="append",
         default=[],
-        metavar="NAME=BASE_URL",
+        metavar="NAME=BASE_URL[@PID]",
         help="another OpenAI-compatible base URL (e.g. http://127.0.0.1:4001/v1) measured in the same "
-        "rounds; POSTs to BASE_URL/chat/completions (repeatable)",
+        "rounds; POSTs to BASE_URL/chat/completions (repeatable); with @PID its CPU is measured too",
+    )
+    ap.add_argument(
+        "--passthrough",
+        action="store_true",
+        help="also measure bench/passthrough.py (uvicorn + aiohttp + orjson, no gateway work): the floor",
+    )
+    ap.add_argument(
+        "--upstream-port",
+        type=int,
+        default=0,
+        help="port for the upstream (default: a free one), "
+        "so peers given with --target can be pointed at it beforehand",
     )
     ap.add_argument("--model", default=MODEL, help=f"the model name in the request body (default {MODEL})")
     ap.add_argument("--api-key", default="sk-bench", help="sent as a Bearer token to every target")
@@ -478,9 +582,14 @@ def main() -> None:
     extra = []
     for spec in args.target:
         name, sep, base = spec.partition("=")
+        pid = None
+        head, at, tail = base.rpartition("@")
+        if at and tail.isdigit():
+            base, pid = head, int(tail)
         if not sep or not base.startswith("http"):
-            ap.error(f"--target wants NAME=BASE_URL, got {spec!r}")
-        extra.append(Target(name, base.rstrip("/") + "/chat/completions"))
+            ap.error(f"--target wants NAME=BASE_URL[@PID], got {spec!r}")
+        proc = Proc(name, _Foreign(pid), Path("/dev/null")) if pid else None
+        extra.append(Target(name, base.rstrip("/") + "/chat/completions", proc))
 
     tmp = Path(tempfile.mkdtemp(prefix="llmrelay-bench-"))
     procs: list[Proc] = []
@@ -498,20 +607,32 @@ def main() -> None:
                 raise SystemExit("wrk is not installed: apt-get install -y wrk")
             gen = Wrk(tmp, body, args.api_key)
 
+        port = args.upstream_port or free_port()
+        if args.upstream is None:
+            args.upstream = "nginx" if _nginx() else "simulator"
+            if args.upstream == "simulator":
+                print(
+                    "nginx not found (apt-get install -y nginx): using the Python simulator as the "
+                    "upstream; it shares the CPU with the gateway, so the gateway's figures are lower",
+                    file=sys.stderr,
+                )
         if args.upstream == "nginx":
-            up_proc, up_url = start_nginx(tmp, procs)
+            up_proc, up_url = start_nginx(tmp, procs, port)
             upstream = "nginx (1 worker, fixed chat-completion JSON)"
         else:
-            up_proc, up_url = start_simulator(tmp, procs)
+            up_proc, up_url = start_simulator(tmp, procs, port)
             upstream = "llmrelay simulate (fixed_reply mode)"
         gw_proc, gw_url = start_gateway(up_url, tmp, procs)
         targets = [
             Target("direct", up_url + "/v1/chat/completions", up_proc),
             Target("gateway", gw_url + "/v1/chat/completions", gw_proc),
-            *extra,
         ]
+        if args.passthrough:
+            pt_proc, pt_url = start_passthrough(up_url, tmp, procs)
+            targets.append(Target("passthrough", pt_url + "/v1/chat/completions", pt_proc))
+        targets += extra
         for t in targets:
-            check(t, body)
+            check(t, body, args.api_key)
 
         counts = {1: args.requests_c1, 32: args.requests_c32}
         started = time.monotonic()

@@ -87,7 +87,10 @@ SIMULATOR_CONFIG = {
         {"match": r"weather in (\w+)", "tool_call": {"name": "get_weather", "arguments": {"city": r"\1"}}}
     ],
     # Upstream model "fault-<kind>" always fails that way; everything else is healthy.
-    "per_model": {f"fault-{kind}": {"faults": {kind: 1.0}} for kind in FAULTS},
+    "per_model": {
+        **{f"fault-{kind}": {"faults": {kind: 1.0}} for kind in FAULTS},
+        "slow-*": {"per_token_ms": 200},  # a 20-token reply streams for about 4 s
+    },
 }
 
 

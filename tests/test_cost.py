@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
 import pytest
 
-from llmrelay.catalog import Catalog
+from llmrelay.catalog import Catalog, cost_usd
 from llmrelay.config import Settings
 from llmrelay.providers import anthropic_format, openai_format
 from llmrelay.types import Usage
@@ -121,3 +122,47 @@ def test_price_override_in_config(catalog):
 
 def test_unknown_price_is_none_not_zero(catalog):
     assert catalog.cost(catalog.get("mystery"), Usage(prompt_tokens=10)) is None
+
+
+# --- the per-request shortcut gives the library's figures -----------------------------------------
+
+SHORTCUT = {
+    "providers": CONFIG["providers"],
+    "models": [
+        {"name": "gpt-4o-mini", "provider": "openai"},
+        {"name": "gpt-4.1-mini", "provider": "openai"},
+        {"name": "haiku", "provider": "anthropic", "upstream": "claude-haiku-4-5"},
+        {"name": "sonnet", "provider": "anthropic", "upstream": "claude-sonnet-4-5"},  # tiered at 200k
+    ],
+}
+
+
+def _random_usages(n: int) -> list[Usage]:
+    rng = random.Random(7)
+    out = [Usage(), Usage(prompt_tokens=1), Usage(prompt_tokens=200_001, completion_tokens=5)]
+    for _ in range(n):
+        prompt = rng.choice([0, 1, rng.randint(0, 5_000), rng.randint(0, 1_000_000)])
+        out.append(
+            Usage(
+                prompt_tokens=prompt,
+                cached_tokens=rng.randint(0, prompt // 2) if rng.random() < 0.5 else 0,
+                cache_write_tokens=rng.randint(0, prompt // 2) if rng.random() < 0.5 else 0,
+                completion_tokens=rng.choice([0, rng.randint(0, 100_000)]),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("name", [m["name"] for m in SHORTCUT["models"]])
+def test_precomputed_rates_equal_genai_prices(name):
+    catalog = Catalog(Settings.from_dict(SHORTCUT))
+    entry = catalog.get(name)
+    assert catalog._rates[name] is not None  # the shortcut is in use for this model
+    for usage in _random_usages(200):
+        assert catalog.cost(entry, usage) == cost_usd(entry.settings, entry.provider, usage), usage
+
+
+def test_inconsistent_usage_has_no_cost_rather_than_a_wrong_one(catalog):
+    bad = Usage(prompt_tokens=10, cached_tokens=20)  # more cached than prompt tokens
+    assert catalog.cost(catalog.get("gpt-4o-mini"), bad) is None
+    assert catalog.cost(catalog.get("llama"), bad) is None

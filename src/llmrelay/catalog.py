@@ -3,15 +3,25 @@
 Prices come from the maintained ``genai-prices`` snapshot (offline; never auto-updated here), or
 from a per-model ``price`` override in the config. Cost is computed per request from its usage,
 cached-read and cache-write tokens priced at their own rates.
+
+``genai_prices.calc_price`` costs ~65 us a call, a sixth of the gateway's CPU per request, most of
+it finding the model. So each model's per-million-token rates are read from the library once, at
+start-up, and checked against ``calc_price`` on a spread of usage shapes; per request only the
+arithmetic is left. A model whose rates cannot be read that way, or do not reproduce the library's
+figures, is priced by ``calc_price`` itself.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import product
+from typing import Any
 
 import genai_prices
+from genai_prices.types import TieredPrices
 
 from .config import ModelSettings, Price, ProviderSettings, Settings
 from .errors import ModelNotFoundError
@@ -49,11 +59,12 @@ class Catalog:
             m.name: ModelEntry(settings=m, provider=settings.providers[m.provider], provider_name=m.provider)
             for m in settings.models
         }
+        self._rates = {name: _rates_for(e.settings, e.provider) for name, e in self._entries.items()}
         for entry in self._entries.values():
-            if cost_usd(entry.settings, entry.provider, Usage(prompt_tokens=1)) is None:
+            if self.cost(entry, Usage(prompt_tokens=1)) is None:
                 log.warning("no price known for model %s: its cost will be recorded as unknown", entry.name)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self._entries.values())
 
     def __len__(self) -> int:
@@ -69,37 +80,132 @@ class Catalog:
             ) from None
 
     def cost(self, entry: ModelEntry, usage: Usage) -> Decimal | None:
+        """USD for one request's usage, or None when the price is unknown (never a guessed zero)."""
+        rates = self._rates.get(entry.name)
+        if rates is not None and self._entries[entry.name] is entry:
+            return rates.cost(usage)
         return cost_usd(entry.settings, entry.provider, usage)
 
 
 def cost_usd(model: ModelSettings, provider: ProviderSettings, usage: Usage) -> Decimal | None:
-    """USD for one request's usage, or None when the model's price is unknown."""
+    """USD for one request's usage, straight from the config override or ``genai_prices``."""
     if model.price is not None:
-        return _cost_from_override(model.price, usage)
+        return Rates.from_config(model.price).cost(usage)
     try:
         calc = genai_prices.calc_price(
-            genai_prices.Usage(
-                input_tokens=usage.prompt_tokens,
-                cache_read_tokens=usage.cached_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                output_tokens=usage.completion_tokens,
-            ),
-            model.price_ref or model.upstream_id,
-            provider_id=model.price_provider or provider.kind,
+            _library_usage(usage), _price_ref(model), provider_id=_price_provider(model, provider)
         )
-    except LookupError:
+    except (LookupError, ValueError):  # unknown model; usage the library finds inconsistent
         return None
     return calc.total_price
 
 
-def _cost_from_override(price: Price, usage: Usage) -> Decimal:
-    cache_read = price.cache_read if price.cache_read is not None else price.input
-    cache_write = price.cache_write if price.cache_write is not None else price.input
-    uncached = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
-    total = (
-        uncached * Decimal(str(price.input))
-        + usage.cached_tokens * Decimal(str(cache_read))
-        + usage.cache_write_tokens * Decimal(str(cache_write))
-        + usage.completion_tokens * Decimal(str(price.output))
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """USD per million tokens of each kind (tiered by the request's prompt tokens), plus any fee
+    per request. Uncached prompt tokens are the prompt less its cached-read and cache-write ones."""
+
+    input: Decimal | TieredPrices
+    cache_read: Decimal | TieredPrices
+    cache_write: Decimal | TieredPrices
+    output: Decimal | TieredPrices
+    per_request: Decimal = Decimal(0)
+
+    @classmethod
+    def from_config(cls, price: Price) -> Rates:
+        def dec(value: float | None, default: float) -> Decimal:
+            return Decimal(str(default if value is None else value))
+
+        return cls(
+            input=dec(price.input, 0),
+            cache_read=dec(price.cache_read, price.input),
+            cache_write=dec(price.cache_write, price.input),
+            output=dec(price.output, 0),
+        )
+
+    def cost(self, usage: Usage) -> Decimal | None:
+        prompt = usage.prompt_tokens
+        uncached = prompt - usage.cached_tokens - usage.cache_write_tokens
+        if uncached < 0:
+            return None  # inconsistent usage from upstream: no figure rather than a wrong one
+        total = (
+            _at(self.input, prompt) * uncached
+            + _at(self.cache_read, prompt) * usage.cached_tokens
+            + _at(self.cache_write, prompt) * usage.cache_write_tokens
+            + _at(self.output, prompt) * usage.completion_tokens
+        )
+        return total / _MILLION + self.per_request
+
+
+def _at(price: Decimal | TieredPrices, prompt_tokens: int) -> Decimal:
+    """The price that applies at this prompt size: the highest tier whose start it passes."""
+    if isinstance(price, Decimal):
+        return price
+    for tier in reversed(price.tiers):
+        if prompt_tokens > tier.start:
+            return tier.price
+    return price.base
+
+
+def _rates_for(model: ModelSettings, provider: ProviderSettings) -> Rates | None:
+    """The model's rates, if they reproduce the library's figures exactly; else None."""
+    if model.price is not None:
+        return Rates.from_config(model.price)
+    try:
+        calc = genai_prices.calc_price(
+            _library_usage(Usage()), _price_ref(model), provider_id=_price_provider(model, provider)
+        )
+    except LookupError:
+        return None
+    if isinstance(calc.model.prices, list):  # prices that change by date: ask the library each time
+        return None
+    prices: dict[str, Any] = vars(calc.model_price)
+    if "input_mtok" not in prices or "output_mtok" not in prices:
+        return None
+    rates = Rates(
+        input=prices["input_mtok"],
+        cache_read=prices.get("cache_read_mtok") or prices["input_mtok"],
+        cache_write=prices.get("cache_write_mtok") or prices["input_mtok"],
+        output=prices["output_mtok"],
+        per_request=(prices.get("requests_kcount") or Decimal(0)) / 1000,
     )
-    return total / _MILLION
+    for usage in _usage_shapes(rates):
+        if rates.cost(usage) != cost_usd(model, provider, usage):
+            log.debug("price rates of %s do not reproduce genai-prices; calling it per request", model.name)
+            return None
+    return rates
+
+
+def _usage_shapes(rates: Rates) -> Iterator[Usage]:
+    """Usage with every mix of cached, written and output tokens, around every tier threshold."""
+    starts = {
+        t.start
+        for p in (rates.input, rates.cache_read, rates.cache_write, rates.output)
+        if isinstance(p, TieredPrices)
+        for t in p.tiers
+    }
+    for prompt in sorted({0, 7, 1234, 98765, *(s + d for s in starts for d in (0, 1, 54321))}):
+        for cached, written, completion in product((0, 1), repeat=3):
+            yield Usage(
+                prompt_tokens=prompt,
+                cached_tokens=cached * (prompt // 3),
+                cache_write_tokens=written * (prompt // 4),
+                completion_tokens=completion * 321,
+            )
+
+
+def _library_usage(usage: Usage) -> genai_prices.Usage:
+    return genai_prices.Usage(
+        input_tokens=usage.prompt_tokens,
+        cache_read_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_tokens=usage.completion_tokens,
+    )
+
+
+def _price_ref(model: ModelSettings) -> str:
+    return model.price_ref or model.upstream_id
+
+
+def _price_provider(model: ModelSettings, provider: ProviderSettings) -> str:
+    return model.price_provider or provider.kind

@@ -87,7 +87,18 @@ def compose(stages: Sequence[Stage], terminal: Handler = _end_of_chain) -> Handl
 
 
 def _bind(stage: Stage, next_handler: Handler) -> Handler:
-    async def handler(call: Call) -> Result:
-        return await stage(call, next_handler)
+    return _Bound(stage, next_handler)
 
-    return handler
+
+class _Bound:
+    """``stage`` with its ``next`` bound; calling it returns the stage's coroutine itself (no
+    wrapper coroutine per stage per request)."""
+
+    __slots__ = ("next", "stage")
+
+    def __init__(self, stage: Stage, next_handler: Handler) -> None:
+        self.stage = stage
+        self.next = next_handler
+
+    def __call__(self, call: Call) -> Awaitable[Result]:
+        return self.stage(call, self.next)

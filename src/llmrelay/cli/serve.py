@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = build_app(Relay(settings), on_startup=lambda relay: _banner(relay, server.host, server.port))
+    app = build_app(Relay(settings), on_startup=lambda relay: _started(relay, server.host, server.port))
     config = uvicorn.Config(
         app,
         host=server.host,
@@ -41,11 +42,26 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         http="httptools",
         loop="uvloop",
+        # The app reads neither the client address nor the scheme: skip X-Forwarded-* per request.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     uvicorn_server = uvicorn.Server(config)
     uvicorn_server.run()
     return 0 if uvicorn_server.started else 1
+
+
+def _started(relay: Relay, host: str, port: int) -> None:
+    _banner(relay, host, port)
+    # Everything built so far (modules, the price snapshot, tokenizer tables, pydantic schemas)
+    # lives as long as the process: take it out of the garbage collector's view, so the
+    # collections that per-request garbage triggers do not traverse it again and again (this
+    # took the p99 at 32 concurrent requests from ~45 ms to ~10). Then collect the youngest
+    # generation every 7,000 allocations instead of 700: most per-request objects are freed by
+    # reference counting first, and ~8% less CPU goes to the collector (bench/README.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7_000, 10, 10)
 
 
 def _banner(relay: Relay, host: str, port: int) -> None:

@@ -110,12 +110,9 @@ def check_capabilities(request: ChatRequest, entry: ModelEntry) -> None:
         needs.append("json")
     if request.stream and "streaming" not in caps:
         needs.append("streaming")
-    if (
-        any(
-            not isinstance(m.content, str | None) and any(p.type == "image_url" for p in m.content)
-            for m in request.messages
-        )
-        and "vision" not in caps
+    if "vision" not in caps and any(  # the model's capability first: no scan of every message
+        not isinstance(m.content, str | None) and any(p.type == "image_url" for p in m.content)
+        for m in request.messages
     ):
         needs.append("vision")
     if needs:

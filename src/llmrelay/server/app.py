@@ -6,6 +6,7 @@ every error, ours or a bug, leaves in the route's own error shape with its statu
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -149,18 +150,7 @@ class Gateway:
         try:
             result = await self.relay.handle(call)
             if isinstance(result, ChatResponse):
-                out = orjson.dumps(dialect.render(result))
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            *encode_headers(call.response_headers),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": out})
+                await send_json(send, 200, dialect.render(result), encode_headers(call.response_headers))
                 return
             first = await anext(result)  # failures before the first byte become a plain HTTP error
         except StopAsyncIteration:
@@ -173,9 +163,23 @@ class Gateway:
                 encode_headers({**call.response_headers, **error.headers()}),
             )
             return
-        await self._stream(send, dialect, call, first, result)
+        await self._stream(receive, send, dialect, call, first, result)
 
-    async def _stream(self, send: Send, dialect: Dialect, call: Call, first: Any, chunks: Stream) -> None:
+    async def _stream(
+        self, receive: Receive, send: Send, dialect: Dialect, call: Call, first: Any, chunks: Stream
+    ) -> None:
+        """Relay the stream while watching for the client to hang up: if it does, the upstream
+        stream is closed at once rather than read (and paid for) to its end."""
+        pump = asyncio.ensure_future(self._pump(send, dialect, call, first, chunks))
+        hangup = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((pump, hangup), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, hangup):
+                task.cancel()
+            await asyncio.gather(pump, hangup, return_exceptions=True)
+
+    async def _pump(self, send: Send, dialect: Dialect, call: Call, first: Any, chunks: Stream) -> None:
         await start_sse(send, encode_headers(call.response_headers))
         try:
             async for data in dialect.stream(call.request, _prepend(first, chunks)):
@@ -183,8 +187,9 @@ class Gateway:
         except GatewayError as error:
             # After the first byte the status is sent: say so explicitly, never a silent cut.
             await send_sse(send, dialect.stream_error(error))
-        except OSError:
-            return  # client gone: the recorder has noted it as the stream was closed
+        except Exception:
+            log.exception("unexpected error in a stream on %s", call.id)
+            await send_sse(send, dialect.stream_error(GatewayError("The gateway hit an internal error.")))
         finally:
             await chunks.aclose()
         await send_sse(send, b"", more=False)
@@ -228,6 +233,11 @@ def _openai_model(name: str, owner: str) -> dict[str, Any]:
 
 def _anthropic_model(name: str) -> dict[str, Any]:
     return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _prepend(first: Any, rest: Stream) -> Stream:

@@ -58,8 +58,12 @@ def encode_headers(extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 async def send_json(send: Send, status: int, body: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, *headers]})
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})
+    out = orjson.dumps(body)
+    length = (b"content-length", b"%d" % len(out))
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, length, *headers]}
+    )
+    await send({"type": "http.response.body", "body": out})
 
 
 async def start_sse(send: Send, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
