@@ -616,6 +616,15 @@ def test_request_to_wire_rejects_unrepresentable(messages: list[dict[str, Any]],
     assert info.value.status == 400
 
 
+def test_several_choices_are_refused_rather_than_silently_one() -> None:
+    request = ChatRequest.model_validate(
+        {"model": "c", "messages": [{"role": "user", "content": "x"}], "n": 3}
+    )
+    with pytest.raises(InvalidRequestError, match="one choice") as info:
+        af.request_to_wire(request, "up", stream=False)
+    assert info.value.param == "n"
+
+
 # =============================================================================================
 # Upstream edge: Anthropic response -> canonical
 # =============================================================================================

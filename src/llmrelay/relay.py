@@ -52,11 +52,16 @@ class Relay:
         self.providers: dict[str, HTTPProvider] = {}
         self._handler: Handler | None = None
         self._simulator: Any = None
+        self._start_lock = asyncio.Lock()  # the first calls may arrive together: start once
 
     async def start(self) -> Relay:
         """Start the embedded simulator if the config uses it, then build the pipeline once."""
-        if self._handler is not None:
-            return self
+        async with self._start_lock:
+            if self._handler is None:
+                await self._start()
+        return self
+
+    async def _start(self) -> None:
         if self.settings.simulator.enabled and any(p.simulated for p in self.settings.providers.values()):
             from .simulator import SimulatorServer, SimulatorSettings
 
@@ -70,7 +75,6 @@ class Relay:
             self.catalog = Catalog(self.settings)
         self.providers = build_providers(self.settings, self.http)
         self._handler = compose([self._stage(name) for name in self.settings.pipeline])
-        return self
 
     def _stage(self, name: str) -> Stage:
         try:

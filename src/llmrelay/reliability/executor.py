@@ -11,7 +11,7 @@ from ..config import ExecuteSettings
 from ..errors import GatewayError, InvalidRequestError, UpstreamTimeout
 from ..pipeline import Attempt, Call, Handler, Result, Stream
 from ..providers.base import HTTPProvider
-from ..types import ChatRequest
+from ..types import ChatRequest, ChatResponse
 
 
 class Executor:
@@ -27,29 +27,29 @@ class Executor:
         check_capabilities(call.request, entry)
         call.model = entry
         provider = self.providers[entry.provider_name]
-        deadline = time.perf_counter() + self.timeout_s
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 if call.stream:
-                    chunks = await provider.stream(call.request, entry)
+                    result: Result = await provider.stream(call.request, entry)
                 else:
-                    response = await provider.complete(call.request, entry)
+                    result = await provider.complete(call.request, entry)
         except TimeoutError:
             error = UpstreamTimeout(
                 f"{entry.provider_name} did not answer within {self.timeout_s:g}s",
                 provider=entry.provider_name,
             )
-            self._attempt(call, entry, error, started)
+            self._attempt(call, entry, started, error)
             raise error from None
         except GatewayError as error:
-            self._attempt(call, entry, error, started)
+            self._attempt(call, entry, started, error)
             raise
-        if call.stream:
+        finally:
             call.upstream_ms += (time.perf_counter() - started) * 1000
-            return self._timed_stream(call, entry, chunks, deadline, started)
-        self._attempt(call, entry, None, started)
-        return response
+        if isinstance(result, ChatResponse):
+            self._attempt(call, entry, started)
+            return result
+        return self._timed_stream(call, entry, result, started + self.timeout_s, started)
 
     async def _timed_stream(
         self, call: Call, entry: ModelEntry, chunks: Stream, deadline: float, started: float
@@ -75,26 +75,21 @@ class Executor:
                     call.ttft_ms = (now - call.started) * 1000
                 yield chunk
         except GatewayError as error:
-            self._attempt(call, entry, error, started)
+            self._attempt(call, entry, started, error)
             raise
         finally:
             await chunks.aclose()
-        self._attempt(call, entry, None, started)
+        self._attempt(call, entry, started)
 
     @staticmethod
-    def _attempt(call: Call, entry: ModelEntry, error: GatewayError | None, started: float) -> None:
+    def _attempt(call: Call, entry: ModelEntry, started: float, error: GatewayError | None = None) -> None:
         latency = (time.perf_counter() - started) * 1000
         if error is None:
-            if not call.stream:
-                call.upstream_ms += latency
             call.attempts.append(Attempt(entry.name, entry.provider_name, "success", latency, 200))
-            return
-        if not call.stream:
-            call.upstream_ms += latency
-        status = getattr(error, "status_code", None)
-        call.attempts.append(
-            Attempt(entry.name, entry.provider_name, f"error:{type(error).__name__}", latency, status)
-        )
+        else:
+            outcome = f"error:{type(error).__name__}"
+            status = getattr(error, "status_code", None)
+            call.attempts.append(Attempt(entry.name, entry.provider_name, outcome, latency, status))
 
 
 def check_capabilities(request: ChatRequest, entry: ModelEntry) -> None:

@@ -43,6 +43,10 @@ def uses_json_tool(request: ChatRequest) -> bool:
 
 def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
     """ChatRequest -> the Messages body we send to an Anthropic upstream."""
+    if request.n is not None and request.n > 1:
+        raise _invalid(
+            "n", "this model returns one choice per request (Anthropic has no 'n'); send n requests"
+        )
     body: dict[str, Any] = {
         "model": upstream_model,
         "max_tokens": request.output_limit or DEFAULT_MAX_TOKENS,
