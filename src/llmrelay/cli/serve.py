@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import socket
 import sys
 
 from ..config import Settings
@@ -32,11 +33,16 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = build_app(Relay(settings), on_startup=lambda relay: _started(relay, server.host, server.port))
+    try:
+        # Bind before anything starts, so a taken port is one clear line, and port 0 shows its number.
+        sock = _bind(server.host, server.port)
+    except OSError as exc:
+        print(f"llmrelay: cannot listen on {server.host}:{server.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    app = build_app(Relay(settings), on_startup=lambda relay: _started(relay, server.host, port))
     config = uvicorn.Config(
         app,
-        host=server.host,
-        port=server.port,
         lifespan="on",
         log_level=args.log_level,
         access_log=False,
@@ -47,8 +53,21 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     uvicorn_server = uvicorn.Server(config)
-    uvicorn_server.run()
+    uvicorn_server.run(sockets=[sock])
     return 0 if uvicorn_server.started else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def _started(relay: Relay, host: str, port: int) -> None:
