@@ -70,3 +70,22 @@ def test_bad_config_exits_with_a_clear_message(tmp_path):
     )
     assert result.returncode == 2
     assert "unknown provider 'nowhere'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_taken_port_is_one_clear_line():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "llmrelay", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
