@@ -15,6 +15,20 @@ from typing import Any
 
 import orjson
 
+from ..asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    read_body,
+    request_headers,
+    send_json,
+    start_sse,
+    wait_disconnect,
+    write,
+)
+from ..dialects import ANTHROPIC, OPENAI, Dialect
 from ..errors import (
     AuthenticationError,
     GatewayError,
@@ -25,18 +39,6 @@ from ..errors import (
 from ..pipeline import Call, Stream
 from ..relay import Relay
 from ..types import ChatResponse
-from .asgi import (
-    Receive,
-    Scope,
-    Send,
-    encode_headers,
-    read_body,
-    request_headers,
-    send_json,
-    send_sse,
-    start_sse,
-)
-from .dialects import ANTHROPIC, OPENAI, Dialect
 
 log = logging.getLogger("llmrelay.server")
 
@@ -102,8 +104,8 @@ class Gateway:
             await handler(scope, receive, send)
         except GatewayError as error:
             await send_json(send, error.status, dialect.error(error), encode_headers(error.headers()))
-        except ConnectionResetError:
-            return  # the client left while sending its body; nothing to answer
+        except ClientGone:  # the client left while sending its body: nobody to answer
+            return  # nothing to answer
         except Exception:
             log.exception("unexpected error on %s", path)
             error = GatewayError("The gateway hit an internal error; it has been logged.")
@@ -171,7 +173,7 @@ class Gateway:
         """Relay the stream while watching for the client to hang up: if it does, the upstream
         stream is closed at once rather than read (and paid for) to its end."""
         pump = asyncio.ensure_future(self._pump(send, dialect, call, first, chunks))
-        hangup = asyncio.ensure_future(_disconnected(receive))
+        hangup = asyncio.ensure_future(wait_disconnect(receive))
         try:
             await asyncio.wait((pump, hangup), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -183,16 +185,16 @@ class Gateway:
         await start_sse(send, encode_headers(call.response_headers))
         try:
             async for data in dialect.stream(call.request, _prepend(first, chunks)):
-                await send_sse(send, data)
+                await write(send, data)
         except GatewayError as error:
             # After the first byte the status is sent: say so explicitly, never a silent cut.
-            await send_sse(send, dialect.stream_error(error))
+            await write(send, dialect.stream_error(error))
         except Exception:
             log.exception("unexpected error in a stream on %s", call.id)
-            await send_sse(send, dialect.stream_error(GatewayError("The gateway hit an internal error.")))
+            await write(send, dialect.stream_error(GatewayError("The gateway hit an internal error.")))
         finally:
             await chunks.aclose()
-        await send_sse(send, b"", more=False)
+        await write(send, b"", more=False)
 
     # --- models and health ------------------------------------------------------------------
 
@@ -233,11 +235,6 @@ def _openai_model(name: str, owner: str) -> dict[str, Any]:
 
 def _anthropic_model(name: str) -> dict[str, Any]:
     return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _prepend(first: Any, rest: Stream) -> Stream:

@@ -29,7 +29,7 @@ from .fixed import FixedReplies, light_request
 from .render import ANTHROPIC, OPENAI, RenderedStream, Wire, build_response
 from .rules import load_rules
 from .settings import ModelProfile, SimulatorSettings
-from .transport import JSON, SSE, ClientGone, Exchange, Receive, Scope, Send
+from .transport import ClientGone, Exchange, Receive, Scope, Send
 
 logger = logging.getLogger("llmrelay.simulator")
 
@@ -130,14 +130,13 @@ class SimulatorApp:
         if ex.started:  # mid-stream: the status line is gone, all that is left is to hang up
             await ex.close_connection()
             return
-        body = orjson.dumps(wire.error_to_wire(err))
-        await ex.respond(err.status, body, headers=err.headers().items())
+        await ex.respond(err.status, orjson.dumps(wire.dialect.error(err)), err.headers())
 
     # --- chat ---------------------------------------------------------------------------------
 
     async def _chat(self, ex: Exchange, wire: Wire) -> None:
         body = await ex.json(self.settings.max_body_bytes)
-        request = light_request(body) if self.fixed is not None else wire.parse_request(body)
+        request = light_request(body) if self.fixed is not None else wire.dialect.parse(body)
         profile = self.settings.profile_for(request.model)
         fault = self.faults.pick(ex.headers.get(FAULT_HEADER), profile.faults)
         if fault is not None and await self._act_out(ex, fault):
@@ -210,7 +209,7 @@ class SimulatorApp:
         )
         if request.stream:
             return wire.render_stream(request, response), usage.completion_tokens
-        return orjson.dumps(wire.response_to_wire(response)), usage.completion_tokens
+        return orjson.dumps(wire.dialect.render(response)), usage.completion_tokens
 
     def _usage(self, request: ChatRequest, wire: Wire, answer: Answer) -> Usage:
         model = request.model
@@ -234,7 +233,7 @@ class SimulatorApp:
         if fault == "malformed":  # a complete HTTP response whose JSON is cut in half
             await ex.respond(200, body[: len(body) // 2])
         elif fault == "truncate":  # the connection dies mid-body
-            await ex.start(200, JSON, [("content-length", str(len(body)))])
+            await ex.start_json(len(body))
             await ex.write(body[: len(body) // 2])
             await ex.close_connection()
         else:
@@ -253,7 +252,7 @@ class SimulatorApp:
         if fault == "truncate":  # the opening and about half the content, then the end of the body
             frames = frames[: 1 + len(frames) // 2]
         await self._sleep(latency_s)
-        await ex.start(200, SSE)
+        await ex.start_sse()
         for data, n_tokens in frames:
             if n_tokens and per_token_s:
                 await self._sleep(n_tokens * per_token_s)
@@ -272,7 +271,7 @@ class SimulatorApp:
         body = await ex.json(self.settings.max_body_bytes)
         if isinstance(body, dict) and body.get("max_tokens") is None:
             body = {**body, "max_tokens": 1}  # count_tokens takes no max_tokens; parse_request needs one
-        request = ANTHROPIC.parse_request(body)
+        request = ANTHROPIC.dialect.parse(body)
         tokens = count_messages(request.messages, request.model) + _tool_tokens(request)
         await ex.respond(200, orjson.dumps({"input_tokens": tokens}))
 

@@ -44,7 +44,7 @@ class FixedReplies:
     def get(self, wire: Wire, request: ChatRequest) -> tuple[bytes | RenderedStream, int]:
         """The rendered body (or stream) and its completion-token count."""
         include_usage = request.stream_options is not None
-        key = (wire.name, request.model, bool(request.stream), include_usage)
+        key = (wire.dialect.name, request.model, bool(request.stream), include_usage)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) >= _MAX_CACHED:  # many distinct model names: start over, stay bounded
@@ -65,4 +65,4 @@ class FixedReplies:
         )
         if request.stream:
             return wire.render_stream(request, response), completion
-        return orjson.dumps(wire.response_to_wire(response)), completion
+        return orjson.dumps(wire.dialect.render(response)), completion

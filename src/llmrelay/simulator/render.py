@@ -2,7 +2,8 @@
 
 Streams are rendered up front into frames (one per canonical chunk) so the app only paces and
 writes them, and so a fault can cut a stream at a frame boundary (``truncate``) or replace a frame
-(``malformed``). Parsing and error bodies come from the format modules, as everywhere else.
+(``malformed``). Parsing, full bodies and error bodies come from the gateway's dialects
+(``llmrelay.dialects``), so both edges speak each format through the same functions.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from ..errors import GatewayError
+from .. import dialects
+from ..asgi import sse_data, sse_event
 from ..providers import anthropic_format, openai_format
 from ..tokens import encoding_for
 from ..types import (
@@ -114,21 +114,13 @@ class RenderedStream:
     tail: bytes
 
 
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-def _event(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
 def _openai_stream(request: ChatRequest, response: ChatResponse) -> RenderedStream:
     planned = plan_chunks(response)
-    frames = [(_sse(openai_format.chunk_to_wire(c)), n) for c, n in planned[:-2]]
+    frames = [(sse_data(openai_format.chunk_to_wire(c)), n) for c, n in planned[:-2]]
     finish, usage = planned[-2][0], planned[-1][0]
-    tail = _sse(openai_format.chunk_to_wire(finish))
+    tail = sse_data(openai_format.chunk_to_wire(finish))
     if request.stream_options is not None and request.stream_options.include_usage:
-        tail += _sse(openai_format.chunk_to_wire(usage))
+        tail += sse_data(openai_format.chunk_to_wire(usage))
     return RenderedStream(frames, tail + b"data: [DONE]\n\n")
 
 
@@ -140,19 +132,19 @@ def _anthropic_stream(request: ChatRequest, response: ChatResponse) -> RenderedS
     opening = planned[0][0].model_copy(update={"usage": usage.model_copy(update={"completion_tokens": 0})})
     finish = planned[-2][0].model_copy(update={"usage": usage})
     encoder = anthropic_format.StreamEncoder()
-    frames = [(b"".join(_event(*e) for e in encoder.encode(c)), n) for c, n in [(opening, 0), *planned[1:-2]]]
-    tail = b"".join(_event(*e) for e in [*encoder.encode(finish), *encoder.close()])
+    frames = [
+        (b"".join(sse_event(*e) for e in encoder.encode(c)), n) for c, n in [(opening, 0), *planned[1:-2]]
+    ]
+    tail = b"".join(sse_event(*e) for e in [*encoder.encode(finish), *encoder.close()])
     return RenderedStream(frames, tail)
 
 
 @dataclass(frozen=True, slots=True)
 class Wire:
-    """One wire format as the simulator needs it."""
+    """One wire format as the simulator needs it: the gateway's ``Dialect`` (parse a request,
+    render a response or an error) and what only a fake upstream needs on top."""
 
-    name: str
-    parse_request: Callable[[Any], ChatRequest]
-    response_to_wire: Callable[[ChatResponse], dict[str, Any]]
-    error_to_wire: Callable[[GatewayError], dict[str, Any]]
+    dialect: dialects.Dialect
     render_stream: Callable[[ChatRequest, ChatResponse], RenderedStream]
     id_prefix: str
     tool_id_prefix: str
@@ -160,10 +152,7 @@ class Wire:
 
 
 OPENAI = Wire(
-    name="openai",
-    parse_request=openai_format.parse_request,
-    response_to_wire=openai_format.response_to_wire,
-    error_to_wire=openai_format.error_to_wire,
+    dialect=dialects.OPENAI,
     render_stream=_openai_stream,
     id_prefix="chatcmpl-sim",
     tool_id_prefix="call_sim",
@@ -171,10 +160,7 @@ OPENAI = Wire(
 )
 
 ANTHROPIC = Wire(
-    name="anthropic",
-    parse_request=anthropic_format.parse_request,
-    response_to_wire=anthropic_format.response_to_wire,
-    error_to_wire=anthropic_format.error_to_wire,
+    dialect=dialects.ANTHROPIC,
     render_stream=_anthropic_stream,
     id_prefix="msg_sim",
     tool_id_prefix="toolu_sim",

@@ -1,88 +1,60 @@
-"""Raw ASGI plumbing for one request: headers, body, responses, streams and deliberate misbehaviour."""
+"""One simulated exchange over raw ASGI: the shared helpers (``llmrelay.asgi``) bound to one
+request, plus the deliberate misbehaviour only a fake upstream needs (``close_connection``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from ..errors import InvalidRequestError, PayloadTooLargeError
+from .. import asgi
+from ..asgi import ClientGone, Receive, Scope, Send
+from ..errors import InvalidRequestError
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-JSON = b"application/json"
-SSE = b"text/event-stream"
-
-
-class ClientGone(Exception):
-    """The client disconnected; there is nobody left to answer."""
-
-
-def _header_text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+__all__ = ["ClientGone", "Exchange", "Receive", "Scope", "Send"]
 
 
 class Exchange:
-    """One HTTP request/response over ASGI."""
+    """One HTTP request/response: its scope, channels and headers, and whether the response began
+    (after that an error can only hang up)."""
 
     __slots__ = ("scope", "receive", "send", "headers", "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope, self.receive, self.send = scope, receive, send
-        # ASGI servers lower-case header names; a repeated header keeps its last value.
-        self.headers = {k.decode("latin-1"): _header_text(v) for k, v in scope["headers"]}
+        self.headers = asgi.request_headers(scope)
         self.started = False
 
-    async def body(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            part = message.get("body", b"")
-            size += len(part)
-            if size > limit:
-                raise PayloadTooLargeError(f"Request body exceeds {limit} bytes.")
-            parts.append(part)
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
     async def json(self, limit: int) -> Any:
-        raw = await self.body(limit)
+        raw = await asgi.read_body(self.receive, self.headers, limit)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
 
-    async def start(self, status: int, content_type: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
-        raw = [(b"content-type", content_type)] + [(k.encode(), v.encode()) for k, v in headers]
-        if content_type == SSE:
-            raw += [(b"cache-control", b"no-cache")]
+    async def respond(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        """A complete JSON response (``body`` already encoded)."""
         self.started = True
-        await self.send({"type": "http.response.start", "status": status, "headers": raw})
+        await asgi.send_json_bytes(self.send, status, body, asgi.encode_headers(headers) if headers else ())
+
+    async def start_json(self, content_length: int) -> None:
+        """Begin a JSON response whose body follows in ``write`` calls."""
+        self.started = True
+        length = b"%d" % content_length
+        await asgi.start_response(self.send, 200, [*asgi.JSON_HEADERS, (b"content-length", length)])
+
+    async def start_sse(self) -> None:
+        self.started = True
+        await asgi.start_sse(self.send)
 
     async def write(self, data: bytes, *, more: bool = True) -> None:
-        await self.send({"type": "http.response.body", "body": data, "more_body": more})
-
-    async def respond(
-        self, status: int, body: bytes, content_type: bytes = JSON, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
-        await self.start(status, content_type, [*headers, ("content-length", str(len(body)))])
-        await self.write(body, more=False)
+        await asgi.write(self.send, data, more=more)
 
     async def wait_disconnect(self) -> None:
-        """Return once the client has gone (only meaningful after the body was read)."""
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
+        await asgi.wait_disconnect(self.receive)
 
     async def close_connection(self) -> None:
         """Close the TCP connection without (finishing) a response.
@@ -97,7 +69,7 @@ class Exchange:
         if transport is None:
             # Another ASGI server: start a response that promises more than it gets, then bail out.
             if not self.started:
-                await self.start(200, JSON, [("content-length", "1000")])
+                await self.start_json(1000)
             raise ClientGone
         transport.close()
         with contextlib.suppress(TimeoutError):

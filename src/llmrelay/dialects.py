@@ -1,5 +1,9 @@
 """The wire format at the client edge of a chat route: how to read a request and write a response,
-a stream and an error. One object per API; the chat handler is shared."""
+a stream and an error. One object per API.
+
+The gateway's chat handler is shared by both; the simulator (which answers in these formats too)
+keeps one of these in each of its ``Wire``s, so parsing, rendering and error bodies are named once.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GatewayError
-from ..pipeline import ApiFormat, Stream
-from ..providers import anthropic_format, openai_format
-from ..types import ChatRequest, ChatResponse
 from .asgi import sse_data, sse_event
+from .errors import GatewayError
+from .pipeline import ApiFormat, Stream
+from .providers import anthropic_format, openai_format
+from .types import ChatRequest, ChatResponse
 
 _DONE = b"data: [DONE]\n\n"
 
