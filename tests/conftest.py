@@ -78,7 +78,7 @@ def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("servers")
 
 
-FAULTS = ("429", "500", "503", "hang", "drop", "truncate", "malformed")
+FAULTS = ("429", "500", "503", "hang", "drop", "truncate", "malformed", "stall")
 SIMULATOR_CONFIG = {
     "seed": 1,
     "retry_after": 7,
@@ -88,7 +88,7 @@ SIMULATOR_CONFIG = {
     ],
     # Upstream model "fault-<kind>" always fails that way; everything else is healthy.
     "per_model": {
-        **{f"fault-{kind}": {"faults": {kind: 1.0}} for kind in FAULTS},
+        **{f"fault-{kind}*": {"faults": {kind: 1.0}} for kind in FAULTS},  # fault-500-x too
         "slow-*": {"per_token_ms": 200},  # a 20-token reply streams for about 4 s
     },
 }

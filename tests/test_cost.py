@@ -82,7 +82,7 @@ def test_openai_usage_with_cached_prompt(catalog):
     usage = openai_format.parse_response(OPENAI_BODY, "gpt-4o-mini").usage
     assert usage == Usage(prompt_tokens=2006, completion_tokens=300, cached_tokens=1920)
     # 86 uncached x $0.15 + 1920 cached x $0.075 + 300 out x $0.60, per million
-    assert catalog.cost(catalog.get("gpt-4o-mini"), usage) == Decimal("0.0003369")
+    assert catalog.cost(catalog.get("gpt-4o-mini").deployments[0], usage) == Decimal("0.0003369")
 
 
 def test_anthropic_usage_with_cache_reads_and_writes(catalog):
@@ -91,7 +91,7 @@ def test_anthropic_usage_with_cache_reads_and_writes(catalog):
         prompt_tokens=12050, completion_tokens=400, cached_tokens=10000, cache_write_tokens=2000
     )
     # 50 in x $3 + 2000 written x $3.75 + 10000 read x $0.30 + 400 out x $15, per million
-    assert catalog.cost(catalog.get("sonnet"), usage) == Decimal("0.01665")
+    assert catalog.cost(catalog.get("sonnet").deployments[0], usage) == Decimal("0.01665")
 
 
 @pytest.mark.parametrize(
@@ -111,17 +111,17 @@ def test_anthropic_usage_with_cache_reads_and_writes(catalog):
     ],
 )
 def test_catalog_prices(catalog, model, usage, expected):
-    assert catalog.cost(catalog.get(model), usage) == Decimal(expected)
+    assert catalog.cost(catalog.get(model).deployments[0], usage) == Decimal(expected)
 
 
 def test_price_override_in_config(catalog):
     usage = Usage(prompt_tokens=1000, cached_tokens=400, completion_tokens=100)
     # 600 x $0.20 + 400 x $0.05 + 100 x $0.40, per million
-    assert catalog.cost(catalog.get("llama"), usage) == Decimal("0.00018")
+    assert catalog.cost(catalog.get("llama").deployments[0], usage) == Decimal("0.00018")
 
 
 def test_unknown_price_is_none_not_zero(catalog):
-    assert catalog.cost(catalog.get("mystery"), Usage(prompt_tokens=10)) is None
+    assert catalog.cost(catalog.get("mystery").deployments[0], Usage(prompt_tokens=10)) is None
 
 
 # --- the per-request shortcut gives the library's figures -----------------------------------------
@@ -157,12 +157,13 @@ def _random_usages(n: int) -> list[Usage]:
 def test_precomputed_rates_equal_genai_prices(name):
     catalog = Catalog(Settings.from_dict(SHORTCUT))
     entry = catalog.get(name)
-    assert catalog._rates[name] is not None  # the shortcut is in use for this model
+    (deployment,) = entry.deployments
+    assert catalog._rates[(name, deployment.key)] is not None  # the shortcut is in use for this model
     for usage in _random_usages(200):
-        assert catalog.cost(entry, usage) == cost_usd(entry.settings, entry.provider, usage), usage
+        assert catalog.cost(deployment, usage) == cost_usd(entry.settings, deployment, usage), usage
 
 
 def test_inconsistent_usage_has_no_cost_rather_than_a_wrong_one(catalog):
     bad = Usage(prompt_tokens=10, cached_tokens=20)  # more cached than prompt tokens
-    assert catalog.cost(catalog.get("gpt-4o-mini"), bad) is None
-    assert catalog.cost(catalog.get("llama"), bad) is None
+    assert catalog.cost(catalog.get("gpt-4o-mini").deployments[0], bad) is None
+    assert catalog.cost(catalog.get("llama").deployments[0], bad) is None

@@ -65,7 +65,7 @@ async def _provider(base_url: str):
         }
     )
     client = HttpClient()
-    return build_providers(settings, client)["p"], Catalog(settings).get("m"), client
+    return build_providers(settings, client)["p"], Catalog(settings).get("m").deployments[0], client
 
 
 def _request(content: str) -> ChatRequest:

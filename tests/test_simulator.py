@@ -25,6 +25,11 @@ from llmrelay.simulator.extras import pseudo_embedding
 from llmrelay.simulator.render import split_tokens
 from llmrelay.types import Message
 
+try:  # the anthropic SDK's HTTP layer: recent releases ship their own fork of httpx
+    import httpx2 as ant_httpx
+except ImportError:  # pragma: no cover - older SDKs
+    import httpx as ant_httpx
+
 # One event loop for the module, so one simulator serves most tests (plain tests are async too for that).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -479,6 +484,144 @@ async def test_hang_does_not_block_shutdown() -> None:
     with pytest.raises(httpx.TransportError):
         await request
     await client.aclose()
+
+
+STALL_TEXT = "a long enough reply to be split into a good number of chunks for the stream"
+
+
+async def test_fault_stall_stream_times_out(sim: SimulatorServer) -> None:
+    headers = {"x-sim-fault": "stall"}
+    full = "You said: " + STALL_TEXT
+    client = openai.AsyncOpenAI(base_url=sim.url + "/v1", api_key="t", max_retries=0, timeout=0.5)
+    received = ""
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=_user(STALL_TEXT), stream=True, extra_headers=headers
+        )
+        async for chunk in stream:
+            assert chunk.choices and chunk.choices[0].finish_reason is None
+            received += chunk.choices[0].delta.content or ""
+    assert time.monotonic() - started < 3
+    assert 0 < len(received) < len(full) and full.startswith(received)  # some content, then silence
+    await client.close()
+
+    ant = anthropic.AsyncAnthropic(base_url=sim.url, api_key="t", max_retries=0, timeout=0.5)
+    events: list[str] = []
+    text = ""
+    started = time.monotonic()
+    # the SDK does not wrap errors raised while iterating a stream: its HTTP layer's ReadTimeout
+    with pytest.raises((anthropic.APITimeoutError, ant_httpx.TimeoutException)):
+        async with ant.messages.stream(
+            model="claude-haiku-4-5", max_tokens=100, messages=_user(STALL_TEXT), extra_headers=headers
+        ) as astream:
+            async for event in astream:
+                events.append(event.type)
+                if event.type == "text":
+                    text += event.text
+    assert time.monotonic() - started < 3
+    assert events[0] == "message_start" and "content_block_delta" in events
+    assert "message_delta" not in events and "message_stop" not in events
+    assert 0 < len(text) < len(full) and full.startswith(text)
+    await ant.close()
+
+
+async def test_fault_stall_non_stream_hangs(sim: SimulatorServer) -> None:
+    headers = {"x-sim-fault": "stall"}
+    client = openai.AsyncOpenAI(base_url=sim.url + "/v1", api_key="t", max_retries=0, timeout=0.5)
+    ant = anthropic.AsyncAnthropic(base_url=sim.url, api_key="t", max_retries=0, timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(openai.APITimeoutError):
+            await client.chat.completions.create(model="gpt-4o", messages=_user("x"), extra_headers=headers)
+        with pytest.raises(anthropic.APITimeoutError):
+            await ant.messages.create(
+                model="claude-haiku-4-5", max_tokens=10, messages=_user("x"), extra_headers=headers
+            )
+        assert time.monotonic() - started < 3
+    finally:
+        await client.close()
+        await ant.close()
+
+
+async def test_stall_by_model_gives_up_after_hang_max_s() -> None:
+    server = await _start(hang_max_s=0.3, per_model={"stally-*": {"faults": {"stall": 1.0}}})
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="t", max_retries=0, timeout=10)
+    try:
+        received = ""
+        started = time.monotonic()
+        with pytest.raises(openai.APIConnectionError):  # the server hangs up, mid-body
+            stream = await client.chat.completions.create(
+                model="stally-1", messages=_user(STALL_TEXT), stream=True
+            )
+            async for chunk in stream:
+                received += chunk.choices[0].delta.content or ""
+        assert 0.3 <= time.monotonic() - started < 3
+        assert 0 < len(received) < len("You said: " + STALL_TEXT)
+        r = await client.chat.completions.create(model="other", messages=_user("ping"), stream=True)
+        assert "".join([c.choices[0].delta.content or "" async for c in r if c.choices]) == "pong"
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_stall_does_not_block_shutdown() -> None:
+    server = await _start()  # hang_max_s: the default 300 s
+    client = httpx.AsyncClient(timeout=30)
+    body = {"model": "m", "messages": _user(STALL_TEXT), "stream": True}
+    try:
+        async with client.stream(
+            "POST", server.url + "/v1/chat/completions", json=body, headers={"x-sim-fault": "stall"}
+        ) as r:
+            assert r.status_code == 200
+            parts = r.aiter_bytes()
+            received = b""
+            while b"You said" not in received:  # the stream is under way (then it stalls)
+                received += await anext(parts)
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await server.stop()
+            assert time.monotonic() - started < 3
+            with pytest.raises(httpx.TransportError):  # hung up on: not a clean end of the stream
+                async for part in parts:
+                    assert b"[DONE]" not in part
+    finally:
+        await client.aclose()
+        await server.stop()
+
+
+async def test_mixed_fault_probabilities_with_stall_are_reproducible() -> None:
+    faults = {"429": 0.1, "500": 0.1, "503": 0.1, "drop": 0.1, "stall": 0.1}  # 0.5 in all
+
+    async def outcome(client: httpx.AsyncClient) -> str:
+        body = {"model": "m", "messages": _user(STALL_TEXT), "stream": True}
+        received = b""
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                if r.status_code != 200:
+                    return str(r.status_code)
+                async for part in r.aiter_bytes():
+                    received += part
+        except httpx.RemoteProtocolError:
+            # no response at all (drop), or content and then the server gave up (stall)
+            return "stall" if b"You said" in received else "drop"
+        assert received.endswith(b"data: [DONE]\n\n")
+        return "ok"
+
+    async def outcomes(seed: int) -> list[str]:
+        server = await _start(seed=seed, faults=faults, hang_max_s=0.1)
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+                return [await outcome(client) for _ in range(30)]
+        finally:
+            await server.stop()
+
+    started = time.monotonic()
+    first = await outcomes(11)
+    assert first == await outcomes(11)
+    assert set(first) == {"ok", "429", "500", "503", "drop", "stall"}
+    assert first.count("ok") >= 8  # about half the requests get no fault
+    assert time.monotonic() - started < 3
 
 
 async def test_unknown_fault_is_400(oai: openai.AsyncOpenAI) -> None:

@@ -33,36 +33,55 @@ _MILLION = Decimal(1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place a model is served: an endpoint and its model id there."""
+
+    model: str  # the client-facing model name
+    provider_name: str
+    provider: ProviderSettings
+    upstream: str
+    weight: float = 1.0
+
+    @property
+    def key(self) -> str:
+        """Identifies the deployment for breakers and load balancing."""
+        return f"{self.provider_name}/{self.upstream}"
+
+
+@dataclass(frozen=True, slots=True)
 class ModelEntry:
-    """One model clients can name, joined with the endpoint that serves it."""
+    """One model clients can name, with the deployments that serve it."""
 
     settings: ModelSettings
-    provider: ProviderSettings
-    provider_name: str
+    deployments: tuple[Deployment, ...]
 
     @property
     def name(self) -> str:
         return self.settings.name
 
     @property
-    def upstream(self) -> str:
-        return self.settings.upstream_id
+    def simulated(self) -> bool:
+        return any(d.provider.simulated for d in self.deployments)
 
     @property
-    def simulated(self) -> bool:
-        return self.provider.simulated
+    def owner(self) -> str:
+        return self.deployments[0].provider_name
 
 
 class Catalog:
     def __init__(self, settings: Settings) -> None:
-        self._entries = {
-            m.name: ModelEntry(settings=m, provider=settings.providers[m.provider], provider_name=m.provider)
-            for m in settings.models
+        self._entries = {m.name: _entry(m, settings) for m in settings.models}
+        self._rates = {
+            (d.model, d.key): _rates_for(e.settings, d) for e in self._entries.values() for d in e.deployments
         }
-        self._rates = {name: _rates_for(e.settings, e.provider) for name, e in self._entries.items()}
         for entry in self._entries.values():
-            if self.cost(entry, Usage(prompt_tokens=1)) is None:
-                log.warning("no price known for model %s: its cost will be recorded as unknown", entry.name)
+            for d in entry.deployments:
+                if self.cost(d, Usage(prompt_tokens=1)) is None:
+                    log.warning(
+                        "no price known for model %s (%s): its cost will be recorded as unknown",
+                        entry.name,
+                        d.key,
+                    )
 
     def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self._entries.values())
@@ -79,21 +98,44 @@ class Catalog:
                 param="model",
             ) from None
 
-    def cost(self, entry: ModelEntry, usage: Usage) -> Decimal | None:
+    def chain(self, name: str) -> list[ModelEntry]:
+        """The model and its fallbacks, in the order to try them."""
+        entry = self.get(name)
+        return [entry, *(self._entries[f] for f in entry.settings.fallbacks)]
+
+    def cost(self, deployment: Deployment, usage: Usage) -> Decimal | None:
         """USD for one request's usage, or None when the price is unknown (never a guessed zero)."""
-        rates = self._rates.get(entry.name)
-        if rates is not None and self._entries[entry.name] is entry:
-            return rates.cost(usage)
-        return cost_usd(entry.settings, entry.provider, usage)
+        key = (deployment.model, deployment.key)
+        if key in self._rates:
+            rates = self._rates[key]
+            return rates.cost(usage) if rates is not None else None
+        entry = self._entries.get(deployment.model)
+        return cost_usd(entry.settings, deployment, usage) if entry is not None else None
 
 
-def cost_usd(model: ModelSettings, provider: ProviderSettings, usage: Usage) -> Decimal | None:
+def _entry(model: ModelSettings, settings: Settings) -> ModelEntry:
+    deployments = tuple(
+        Deployment(
+            model=model.name,
+            provider_name=d.provider,
+            provider=settings.providers[d.provider],
+            upstream=d.upstream or model.upstream_id,
+            weight=d.weight,
+        )
+        for d in model.deployment_list()
+    )
+    return ModelEntry(settings=model, deployments=deployments)
+
+
+def cost_usd(model: ModelSettings, deployment: Deployment, usage: Usage) -> Decimal | None:
     """USD for one request's usage, straight from the config override or ``genai_prices``."""
     if model.price is not None:
         return Rates.from_config(model.price).cost(usage)
     try:
         calc = genai_prices.calc_price(
-            _library_usage(usage), _price_ref(model), provider_id=_price_provider(model, provider)
+            _library_usage(usage),
+            _price_ref(model, deployment),
+            provider_id=_price_provider(model, deployment),
         )
     except (LookupError, ValueError):  # unknown model; usage the library finds inconsistent
         return None
@@ -147,13 +189,15 @@ def _at(price: Decimal | TieredPrices, prompt_tokens: int) -> Decimal:
     return price.base
 
 
-def _rates_for(model: ModelSettings, provider: ProviderSettings) -> Rates | None:
+def _rates_for(model: ModelSettings, deployment: Deployment) -> Rates | None:
     """The model's rates, if they reproduce the library's figures exactly; else None."""
     if model.price is not None:
         return Rates.from_config(model.price)
     try:
         calc = genai_prices.calc_price(
-            _library_usage(Usage()), _price_ref(model), provider_id=_price_provider(model, provider)
+            _library_usage(Usage()),
+            _price_ref(model, deployment),
+            provider_id=_price_provider(model, deployment),
         )
     except LookupError:
         return None
@@ -170,7 +214,7 @@ def _rates_for(model: ModelSettings, provider: ProviderSettings) -> Rates | None
         per_request=(prices.get("requests_kcount") or Decimal(0)) / 1000,
     )
     for usage in _usage_shapes(rates):
-        if rates.cost(usage) != cost_usd(model, provider, usage):
+        if rates.cost(usage) != cost_usd(model, deployment, usage):
             log.debug("price rates of %s do not reproduce genai-prices; calling it per request", model.name)
             return None
     return rates
@@ -203,9 +247,9 @@ def _library_usage(usage: Usage) -> genai_prices.Usage:
     )
 
 
-def _price_ref(model: ModelSettings) -> str:
-    return model.price_ref or model.upstream_id
+def _price_ref(model: ModelSettings, deployment: Deployment) -> str:
+    return model.price_ref or deployment.upstream
 
 
-def _price_provider(model: ModelSettings, provider: ProviderSettings) -> str:
-    return model.price_provider or provider.kind
+def _price_provider(model: ModelSettings, deployment: Deployment) -> str:
+    return model.price_provider or deployment.provider.kind

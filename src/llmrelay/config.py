@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -49,10 +49,21 @@ class Price(_Settings):
     cache_write: float | None = None
 
 
+class DeploymentSettings(_Settings):
+    """One place a model is served: a provider (endpoint) and that provider's model id."""
+
+    provider: str  # a key of Settings.providers
+    upstream: str | None = None  # defaults to the model's upstream id
+    weight: float = Field(default=1.0, gt=0)  # share of traffic under the "weighted" balance
+
+
 class ModelSettings(_Settings):
     name: str  # what clients send as "model"
-    provider: str  # a key of Settings.providers
+    provider: str | None = None  # a key of Settings.providers (or give several `deployments`)
     upstream: str | None = None  # the provider's model id; defaults to name
+    deployments: tuple[DeploymentSettings, ...] = ()  # several keys/regions of one model
+    balance: Literal["weighted", "least_in_flight"] = "weighted"
+    fallbacks: tuple[str, ...] = ()  # other models to try, in order, when this one fails
     tier: Tier = "mid"
     context_window: int = 128_000
     max_output_tokens: int | None = None
@@ -61,9 +72,21 @@ class ModelSettings(_Settings):
     price_provider: str | None = None  # price catalog provider id; defaults to the provider kind
     price: Price | None = None
 
+    @model_validator(mode="after")
+    def _one_way_to_name_deployments(self) -> ModelSettings:
+        if (self.provider is None) == (not self.deployments):
+            raise ValueError(f"model {self.name!r} needs either `provider` or `deployments` (not both)")
+        return self
+
     @property
     def upstream_id(self) -> str:
         return self.upstream or self.name
+
+    def deployment_list(self) -> tuple[DeploymentSettings, ...]:
+        if self.deployments:
+            return self.deployments
+        assert self.provider is not None
+        return (DeploymentSettings(provider=self.provider, upstream=self.upstream_id),)
 
 
 class ServerSettings(_Settings):
@@ -74,8 +97,28 @@ class ServerSettings(_Settings):
 
 
 class ExecuteSettings(_Settings):
-    timeout_s: float = 600.0  # total deadline for one upstream call
-    connect_timeout_s: float = 10.0
+    """Timeouts, retries and fallback (see docs/reliability.md)."""
+
+    timeout_s: float = Field(default=600.0, gt=0)  # total per request, all attempts and waits included
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    attempt_timeout_s: float = Field(default=300.0, gt=0)  # one non-streamed attempt
+    first_token_timeout_s: float = Field(default=60.0, gt=0)  # a stream's first content
+    stall_timeout_s: float = Field(default=60.0, gt=0)  # a stream's silence between chunks
+    max_attempts: int = Field(default=3, ge=1)  # per model of the chain: 1 try + retries
+    backoff_base_s: float = Field(default=0.25, ge=0)  # full jitter: wait U(0, min(max, base * 2^n))
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    retry_after_max_s: float = Field(default=10.0, ge=0)  # a longer Retry-After moves on instead of waiting
+
+
+class BreakerConfig(_Settings):
+    """Circuit breaker per deployment (see reliability/breaker.py)."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    window_s: float = Field(default=30.0, gt=0)
+    min_requests: int = Field(default=10, ge=1)
+    open_s: float = Field(default=30.0, gt=0)
+    half_open_probes: int = Field(default=1, ge=1)
 
 
 class SimulatorRef(_Settings):
@@ -83,11 +126,14 @@ class SimulatorRef(_Settings):
 
     enabled: bool = False
     config: str | None = None  # a simulator YAML file; None = built-in rules
+    settings: dict[str, Any] | None = None  # or its settings inline (docs/simulator.md), e.g. faults
 
 
 class Settings(_Settings):
     server: ServerSettings = ServerSettings()
     execute: ExecuteSettings = ExecuteSettings()
+    breaker: BreakerConfig = BreakerConfig()
+    redis_url: str | None = None  # shared state across replicas (circuit breakers today)
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
@@ -97,11 +143,18 @@ class Settings(_Settings):
     def _check_references(self) -> Settings:
         seen: set[str] = set()
         for m in self.models:
-            if m.provider not in self.providers:
-                raise ValueError(f"model {m.name!r} names unknown provider {m.provider!r}")
+            for d in m.deployment_list():
+                if d.provider not in self.providers:
+                    raise ValueError(f"model {m.name!r} names unknown provider {d.provider!r}")
             if m.name in seen:
                 raise ValueError(f"model {m.name!r} is defined twice")
             seen.add(m.name)
+        for m in self.models:
+            for fallback in m.fallbacks:
+                if fallback not in seen or fallback == m.name:
+                    raise ValueError(
+                        f"model {m.name!r} falls back to {fallback!r}, which is not another model here"
+                    )
         return self
 
     @classmethod
@@ -223,6 +276,8 @@ def _sim_url(kind: ProviderKind, port: int) -> str:
 
 
 __all__ = [
+    "BreakerConfig",
+    "DeploymentSettings",
     "ExecuteSettings",
     "ModelSettings",
     "Price",

@@ -18,7 +18,8 @@
         ├── UpstreamUnavailable       503  overloaded_error    (5xx from the provider)
         ├── UpstreamTimeout           504  timeout_error
         ├── UpstreamConnectionError   502  api_error           (refused, reset, dropped)
-        └── UpstreamProtocolError     502  api_error           (malformed body, truncated stream)
+        ├── UpstreamProtocolError     502  api_error           (malformed body, truncated stream)
+        └── AllAttemptsFailed         the attempts' common status, else 502 (every attempt listed)
 
 Upstream failures are translated into this tree by each provider adapter; the server renders it into
 the route's wire format in one place.
@@ -45,6 +46,12 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         """Extra response headers the client should see (e.g. Retry-After)."""
         return {}
+
+    attempts: list[str] | None = None  # set when the error ends several attempts (see AllAttemptsFailed)
+
+    def details(self) -> dict[str, Any]:
+        """Extra fields for the error object in the response body."""
+        return {"attempts": self.attempts} if self.attempts else {}
 
 
 class ConfigError(GatewayError):
@@ -181,6 +188,35 @@ class UpstreamConnectionError(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     default_code = "upstream_protocol_error"
+
+
+class AllAttemptsFailed(UpstreamError):
+    """Every deployment of every model in the chain was tried (or skipped), none answered, and the
+    failures were of several kinds (all of one kind: that error itself, with every attempt listed,
+    so a client still sees e.g. a 429 with Retry-After). No attempt possible at all: 503."""
+
+    default_code = "all_attempts_failed"
+
+    @classmethod
+    def from_errors(cls, errors: list[GatewayError], skipped: list[str]) -> GatewayError:
+        attempts = [f"{_where(e)}{type(e).__name__}: {e.message}" for e in errors] + skipped
+        listed = "; ".join(f"{i}) {a}" for i, a in enumerate(attempts, 1))
+        if not errors:
+            error: GatewayError = cls(f"No model could serve this request: {listed}")
+            error.status, error.anthropic_type = 503, "overloaded_error"
+        elif len({type(e) for e in errors}) == 1:
+            error = errors[-1]
+            error.message = f"All {len(errors)} attempts failed: {listed}"
+            error.args = (error.message,)
+        else:
+            error = cls(f"All {len(errors)} attempts failed: {listed}")
+        error.attempts = attempts
+        return error
+
+
+def _where(error: GatewayError) -> str:
+    provider = getattr(error, "provider", "")
+    return f"{provider}: " if provider else ""
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

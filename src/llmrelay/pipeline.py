@@ -20,7 +20,7 @@ from .errors import ConfigError, GatewayError
 from .types import ChatRequest, ChatResponse, Chunk, Usage
 
 if TYPE_CHECKING:
-    from .catalog import ModelEntry
+    from .catalog import Deployment, ModelEntry
 
 Stream = AsyncIterator[Chunk]
 Result = ChatResponse | Stream
@@ -34,13 +34,14 @@ class Stage(Protocol):
 
 @dataclass(slots=True)
 class Attempt:
-    """One upstream try: which deployment, how it ended, how long it took."""
+    """One upstream try: which deployment, how it ended, how long it took and waited before."""
 
-    model: str
-    provider: str
+    model: str  # the client-facing model it was for
+    deployment: str  # "<provider>/<upstream model id>"
     outcome: str  # "success" or "error:<ErrorClass>"
     latency_ms: float
-    status_code: int | None = None
+    status_code: int | None = None  # the upstream's HTTP status, when it sent one
+    waited_ms: float = 0.0  # backoff or Retry-After wait before this attempt
 
 
 @dataclass(slots=True)
@@ -54,7 +55,8 @@ class Call:
     id: str = field(default_factory=lambda: f"req_{ULID()}")
     started: float = field(default_factory=time.perf_counter)
     # Written by the executor:
-    model: ModelEntry | None = None  # the deployment that answered
+    model: ModelEntry | None = None  # the model that answered (a fallback, perhaps)
+    deployment: Deployment | None = None  # and where
     attempts: list[Attempt] = field(default_factory=list)
     upstream_ms: float = 0.0  # time spent waiting on providers
     ttft_ms: float | None = None

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .catalog import Catalog
 from .config import Settings, with_simulator_port
 from .errors import ConfigError, InvalidRequestError
@@ -20,6 +22,7 @@ from .pipeline import Call, Handler, Result, Stage, compose
 from .providers import openai_format
 from .providers.base import HttpClient, HTTPProvider
 from .providers.registry import build_providers
+from .reliability.breaker import Breakers, BreakerSettings, build_breakers
 from .reliability.executor import Executor
 from .types import ChatRequest, ChatResponse, Chunk
 
@@ -29,7 +32,7 @@ StageFactory = Callable[["Relay"], Stage]
 
 STAGES: dict[str, StageFactory] = {
     "record": lambda relay: Recorder(relay.catalog),
-    "execute": lambda relay: Executor(relay.catalog, relay.providers, relay.settings.execute),
+    "execute": lambda relay: Executor(relay.catalog, relay.providers, relay.settings.execute, relay.breakers),
 }
 
 
@@ -50,6 +53,9 @@ class Relay:
         self.catalog = Catalog(self.settings)
         self.http = HttpClient(connect_timeout_s=self.settings.execute.connect_timeout_s)
         self.providers: dict[str, HTTPProvider] = {}
+        self.breakers: Breakers = build_breakers(
+            BreakerSettings(**self.settings.breaker.model_dump()), self.settings.redis_url
+        )
         self._handler: Handler | None = None
         self._simulator: Any = None
         self._start_lock = asyncio.Lock()  # the first calls may arrive together: start once
@@ -65,8 +71,14 @@ class Relay:
         if self.settings.simulator.enabled and any(p.simulated for p in self.settings.providers.values()):
             from .simulator import SimulatorServer, SimulatorSettings
 
-            sim_path = self.settings.simulator.config
-            sim_settings = SimulatorSettings.load(sim_path) if sim_path else SimulatorSettings()
+            ref = self.settings.simulator
+            if ref.settings is not None:
+                try:
+                    sim_settings = SimulatorSettings.model_validate(ref.settings)
+                except ValidationError as exc:
+                    raise ConfigError(f"simulator.settings: {exc}") from None
+            else:
+                sim_settings = SimulatorSettings.load(ref.config) if ref.config else SimulatorSettings()
             self._simulator = SimulatorServer(
                 sim_settings.model_copy(update={"host": "127.0.0.1", "port": 0})
             )
@@ -74,6 +86,7 @@ class Relay:
             self.settings = with_simulator_port(self.settings, port)
             self.catalog = Catalog(self.settings)
         self.providers = build_providers(self.settings, self.http)
+        await self.breakers.start()
         self._handler = compose([self._stage(name) for name in self.settings.pipeline])
 
     def _stage(self, name: str) -> Stage:
@@ -84,6 +97,7 @@ class Relay:
 
     async def aclose(self) -> None:
         await self.http.close()
+        await self.breakers.aclose()
         if self._simulator is not None:
             await self._simulator.stop()
             self._simulator = None

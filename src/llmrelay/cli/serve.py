@@ -91,8 +91,12 @@ def _banner(relay: Relay, host: str, port: int) -> None:
         lines.append("  auth: none (set server.master_key in a config to require a key)")
     lines.append("  models:")
     for entry in relay.catalog:
-        label = "simulated" if entry.simulated else entry.provider.base_url
-        lines.append(f"    {entry.name:<24} {entry.settings.tier:<9} {entry.provider_name} ({label})")
+        where = ", ".join(
+            f"{d.provider_name} ({'simulated' if d.provider.simulated else d.provider.base_url})"
+            for d in entry.deployments
+        )
+        fallbacks = f"  -> {', '.join(entry.settings.fallbacks)}" if entry.settings.fallbacks else ""
+        lines.append(f"    {entry.name:<24} {entry.settings.tier:<9} {where}{fallbacks}")
     if any(e.simulated for e in relay.catalog):
         lines.append("  simulated models answer from llmrelay's built-in simulator, not a real LLM;")
         lines.append("  set OPENAI_API_KEY / ANTHROPIC_API_KEY, or pass --config, to serve real ones.")

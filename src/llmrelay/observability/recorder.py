@@ -43,10 +43,13 @@ class Recorder:
         self._finish(call, usage=usage)
 
     def _describe_model(self, call: Call) -> None:
-        if call.model is not None:
-            call.response_headers["x-llmrelay-model"] = call.model.name
-            if call.model.simulated:
-                call.response_headers["x-llmrelay-simulated"] = "true"
+        headers = call.response_headers
+        if call.attempts:
+            headers["x-llmrelay-attempts"] = str(len(call.attempts))
+        if call.deployment is not None:
+            headers["x-llmrelay-model"] = call.deployment.model
+            if call.deployment.provider.simulated:
+                headers["x-llmrelay-simulated"] = "true"
 
     def _finish(
         self,
@@ -60,8 +63,8 @@ class Recorder:
         call.usage = usage
         call.error = error
         call.status = status or (f"error:{type(error).__name__}" if error else "success")
-        if usage is not None and call.model is not None:
-            call.cost_usd = self.catalog.cost(call.model, usage)
+        if usage is not None and call.deployment is not None:
+            call.cost_usd = self.catalog.cost(call.deployment, usage)
         headers = call.response_headers
         self._describe_model(call)
         headers["x-llmrelay-overhead-ms"] = f"{max(call.latency_ms - call.upstream_ms, 0):.3f}"

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from ..catalog import ModelEntry
+from ..catalog import Deployment
 from ..config import ProviderSettings
 from ..errors import (
     ConfigError,
@@ -103,8 +103,10 @@ class HTTPProvider:
             "content-type": "application/json",
         }
 
-    async def _post(self, request: ChatRequest, entry: ModelEntry, *, stream: bool) -> aiohttp.ClientResponse:
-        body = orjson.dumps(self.adapter.build(request, entry.upstream, stream=stream))
+    async def _post(
+        self, request: ChatRequest, deployment: Deployment, *, stream: bool
+    ) -> aiohttp.ClientResponse:
+        body = orjson.dumps(self.adapter.build(request, deployment.upstream, stream=stream))
         url = self._base + self.adapter.path(stream)
         with _mapped_transport_errors(self.name):
             resp = await self._client.session.post(url, data=body, headers=self._headers())
@@ -120,8 +122,8 @@ class HTTPProvider:
                 )
         return resp
 
-    async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
-        resp = await self._post(request, entry, stream=False)
+    async def complete(self, request: ChatRequest, deployment: Deployment) -> ChatResponse:
+        resp = await self._post(request, deployment, stream=False)
         with _mapped_transport_errors(self.name):
             raw = await resp.read()
         try:
@@ -133,17 +135,17 @@ class HTTPProvider:
                 status_code=resp.status,
                 body=raw[:500].decode("utf-8", "replace"),
             ) from None
-        return self.adapter.parse_response(body, request, entry.name)
+        return self.adapter.parse_response(body, request, deployment.model)
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[Chunk]:
+    async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[Chunk]:
         """Send the request and return its chunks once the upstream has answered 2xx.
 
         Awaiting this raises for failures before the stream starts (so they can become an HTTP
         error or a fallback); failures after it are raised from the iterator.
         """
-        resp = await self._post(request, entry, stream=True)
-        decoder = self.adapter.stream_decoder(request, entry.name)
-        return self._chunks(resp, decoder, request, entry.upstream)
+        resp = await self._post(request, deployment, stream=True)
+        decoder = self.adapter.stream_decoder(request, deployment.model)
+        return self._chunks(resp, decoder, request, deployment.upstream)
 
     async def _chunks(
         self, resp: aiohttp.ClientResponse, decoder: StreamDecoder, request: ChatRequest, model: str

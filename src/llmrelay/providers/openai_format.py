@@ -177,6 +177,7 @@ def error_to_wire(error: GatewayError) -> dict[str, Any]:
             "type": error.openai_type,
             "param": error.param,
             "code": error.code,
+            **error.details(),
         }
     }
 

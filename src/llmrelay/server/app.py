@@ -60,6 +60,7 @@ class Gateway:
             "/v1/models": ("GET", self._models),
             "/models": ("GET", self._models),
             "/healthz": ("GET", self._health),
+            "/admin/breakers": ("GET", self._breakers),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -211,7 +212,7 @@ class Gateway:
                 "last_id": data[-1]["id"] if data else None,
             }
         else:
-            body = {"object": "list", "data": [_openai_model(e.name, e.provider_name) for e in entries]}
+            body = {"object": "list", "data": [_openai_model(e.name, e.owner) for e in entries]}
         await send_json(send, 200, body)
 
     async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -221,9 +222,15 @@ class Gateway:
         body = (
             _anthropic_model(entry.name)
             if "anthropic-version" in headers
-            else _openai_model(entry.name, entry.provider_name)
+            else _openai_model(entry.name, entry.owner)
         )
         await send_json(send, 200, body)
+
+    async def _breakers(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Circuit-breaker state of every deployment that has seen traffic (shared through Redis
+        when configured, so any replica answers for all)."""
+        self._authorize(request_headers(scope))
+        await send_json(send, 200, {"breakers": self.relay.breakers.snapshot()})
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"status": "ok", "models": len(self.relay.catalog)})

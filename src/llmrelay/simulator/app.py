@@ -139,6 +139,8 @@ class SimulatorApp:
         request = light_request(body) if self.fixed is not None else wire.dialect.parse(body)
         profile = self.settings.profile_for(request.model)
         fault = self.faults.pick(ex.headers.get(FAULT_HEADER), profile.faults)
+        if fault == "stall" and not request.stream:
+            fault = "hang"  # a single JSON body has no middle to stall in
         if fault is not None and await self._act_out(ex, fault):
             return
         latency_s = self._latency_ms(ex, profile) / 1000
@@ -164,10 +166,10 @@ class SimulatorApp:
         if fault == "drop":
             await ex.close_connection()
             return True
-        return False  # truncate / malformed: answered, but damaged on the way out
+        return False  # truncate / malformed / stall: answered, but damaged on the way out
 
     async def _hang(self, ex: Exchange) -> None:
-        """Say nothing until the client leaves; on shutdown (or after hang_max_s) hang up."""
+        """Say nothing (more) until the client leaves; on shutdown (or after hang_max_s) hang up."""
         gone = asyncio.ensure_future(ex.wait_disconnect())
         stop = asyncio.ensure_future(self._stop_signal().wait())
         try:
@@ -249,7 +251,7 @@ class SimulatorApp:
         per_token_s: float,
     ) -> None:
         frames = stream.frames
-        if fault == "truncate":  # the opening and about half the content, then the end of the body
+        if fault in ("truncate", "stall"):  # the opening and about half the content, then ...
             frames = frames[: 1 + len(frames) // 2]
         await self._sleep(latency_s)
         await ex.start_sse()
@@ -261,6 +263,9 @@ class SimulatorApp:
                 await ex.write(wire.malformed_frame)
                 break
         else:
+            if fault == "stall":  # ... silence on an open connection (truncate: the end of the body)
+                await self._hang(ex)
+                return
             if fault != "truncate":
                 await ex.write(stream.tail)
         await ex.write(b"", more=False)

@@ -2,8 +2,9 @@
 
 Kinds: ``429``, ``500``, ``503`` (error responses in the route's wire format), ``hang`` (no answer
 until the client gives up), ``drop`` (connection closed without a response), ``truncate`` (stream
-cut before its end / body cut mid-JSON) and ``malformed`` (200 with a body or SSE data that is not
-JSON). The first three are raised as errors here; the rest are acted out by the app.
+cut before its end / body cut mid-JSON), ``malformed`` (200 with a body or SSE data that is not
+JSON) and ``stall`` (a stream goes silent halfway, connection open; a non-streamed request hangs).
+The first three are raised as errors here; the rest are acted out by the app.
 """
 
 from __future__ import annotations

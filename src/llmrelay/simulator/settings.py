@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ConfigError
 from .rules import Rule
 
-FaultKind = Literal["429", "500", "503", "hang", "drop", "truncate", "malformed"]
+# Fault rolls walk the kinds in this fixed order, so a seed always gives the same faults.
+FaultKind = Literal["429", "500", "503", "hang", "drop", "truncate", "malformed", "stall"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 DEFAULT_MODELS = (
@@ -95,7 +96,7 @@ class SimulatorSettings(BaseModel):
     faults: dict[FaultKind, float] = {}  # kind -> probability per request
     per_model: dict[str, ModelOverride] = {}  # model glob -> overrides; first match wins
     retry_after: float = Field(default=1, ge=0)  # seconds, sent with simulated 429s
-    hang_max_s: float = Field(default=300, gt=0)  # a "hang" gives up after this long
+    hang_max_s: float = Field(default=300, gt=0)  # a "hang" (or "stall") gives up after this long
     fixed_reply: str | None = None  # benchmark mode: skip rules/tokenizer, answer this text
     api_key: str | None = None  # when set, requests must carry it (Bearer or x-api-key)
     models: list[str] = list(DEFAULT_MODELS)  # listed by GET /v1/models

@@ -45,7 +45,10 @@ def _error_from_wire(data: dict[str, Any]) -> GatewayError:
 
 
 def error_to_wire(error: GatewayError) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}}
+    return {
+        "type": "error",
+        "error": {"type": error.anthropic_type, "message": error.message, **error.details()},
+    }
 
 
 def error_message_from_wire(body: bytes) -> str:
