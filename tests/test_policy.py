@@ -210,3 +210,19 @@ def test_a_wait_the_deadline_cannot_afford_ends_with_the_failures_so_far():
     with pytest.raises(UpstreamRateLimited) as e:
         driver.plan.send(UpstreamTimeout("waiting 3s more would pass the deadline"))
     assert e.value.status == 429 and "deadline" in e.value.message
+
+
+def test_a_chain_none_of_whose_models_fits_is_a_client_error():
+    image = [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]
+    settings = Settings.from_dict(
+        {
+            "providers": {"a": {"kind": "openai", "base_url": "http://a"}},
+            "models": [
+                {"name": "t", "provider": "a", "capabilities": ["streaming"], "fallbacks": ["u"]},
+                {"name": "u", "provider": "a", "capabilities": ["tools"]},
+            ],
+        }
+    )
+    req = ChatRequest(model="t", messages=[{"role": "user", "content": image}])
+    with pytest.raises(InvalidRequestError, match="'t' does not support vision.*'u' does not support vision"):
+        Driver(Catalog(settings).chain("t"), req).run({})

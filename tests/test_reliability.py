@@ -69,6 +69,7 @@ def config(sim: str) -> dict:
             {"name": "flaky", **oa, "upstream": "fault-500", "fallbacks": ["claude"]},
             {"name": "hangs", **oa, "upstream": "fault-hang", "fallbacks": ["claude"]},
             {"name": "stalls", **oa, "upstream": "fault-stall", "fallbacks": ["claude"]},
+            {"name": "hangs-alone", **oa, "upstream": "fault-hang-alone"},
             {"name": "doomed", **oa, "upstream": "fault-500-doomed", "fallbacks": ["doomed-too"]},
             {"name": "doomed-too", **an, "upstream": "fault-drop-doomed"},
             {"name": "phoenix", "provider": "phoenix", "upstream": "gpt-4o-mini", "fallbacks": ["healthy"]},
@@ -202,3 +203,16 @@ def test_breaker_opens_and_recovers(client, gateway, simulator, tmp_path):
         assert phoenix_state() == "closed"
     finally:
         stop_process(server)
+
+
+def test_the_total_deadline_can_be_set_per_request(client):
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(
+            model="hangs-alone", messages=HELLO, extra_headers={"x-llmrelay-timeout": "0.5"}
+        )
+    assert e.value.status_code == 504 and time.monotonic() - started < 2.5
+    with pytest.raises(openai.BadRequestError, match="x-llmrelay-timeout"):
+        client.chat.completions.create(
+            model="healthy", messages=HELLO, extra_headers={"x-llmrelay-timeout": "soon"}
+        )

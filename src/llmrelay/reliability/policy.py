@@ -80,12 +80,12 @@ def attempt_plan(
 ) -> Plan:
     errors: list[GatewayError] = []
     skipped: list[str] = []
+    unfit: list[str] = []
     min_window = 0  # after a context-length error, only larger windows are worth trying
     for position, entry in enumerate(chain):
         reason = _unfit(entry, request, min_window, prompt_tokens)
         if reason is not None:
-            if position == 0 and len(chain) == 1:
-                raise InvalidRequestError(reason, param="model", code="unsupported_capability")
+            unfit.append(reason)
             skipped.append(f"{entry.name}: {reason}")
             continue
         more_models = position < len(chain) - 1
@@ -124,6 +124,8 @@ def attempt_plan(
                 interrupted = yield Wait(backoff(attempt, settings, rng))  # only this one is left: back off
                 if interrupted is not None:
                     raise AllAttemptsFailed.from_errors(errors, [*skipped, interrupted.message])
+    if len(unfit) == len(chain):  # the request itself is the problem: a 400, not an outage
+        raise InvalidRequestError(" ".join(unfit), param="model", code="unsupported_capability")
     raise AllAttemptsFailed.from_errors(errors, skipped)
 
 
