@@ -159,8 +159,9 @@ def test_no_retry_on_a_client_error(client):
 
 
 def test_a_stream_that_fails_before_its_first_token_falls_back_transparently(client):
-    stream = client.chat.completions.create(model="hangs", messages=HELLO, stream=True)
-    chunks = list(stream)
+    raw = client.chat.completions.with_raw_response.create(model="hangs", messages=HELLO, stream=True)
+    assert raw.headers["x-llmrelay-attempts"] == "3" and raw.headers["x-llmrelay-model"] == "claude"
+    chunks = list(raw.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "You said: hello"
     assert {c.model for c in chunks} == {"claude"}
 

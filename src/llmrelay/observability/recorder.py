@@ -23,7 +23,7 @@ class Recorder:
         if isinstance(result, ChatResponse):
             self._finish(call, usage=result.usage)
             return result
-        self._describe_model(call)  # a stream's headers go out before its cost is known
+        self._describe_model(call, answering=1)  # a stream's headers leave before its cost is known
         return self._recorded(call, result)
 
     async def _recorded(self, call: Call, chunks: Stream) -> Stream:
@@ -42,10 +42,11 @@ class Recorder:
             raise
         self._finish(call, usage=usage)
 
-    def _describe_model(self, call: Call) -> None:
+    def _describe_model(self, call: Call, answering: int = 0) -> None:
+        """``answering``: 1 while a stream's attempt is still going (recorded when it ends)."""
         headers = call.response_headers
-        if call.attempts:
-            headers["x-llmrelay-attempts"] = str(len(call.attempts))
+        if call.attempts or answering:
+            headers["x-llmrelay-attempts"] = str(len(call.attempts) + answering)
         if call.deployment is not None:
             headers["x-llmrelay-model"] = call.deployment.model
             if call.deployment.provider.simulated:
