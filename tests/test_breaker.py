@@ -409,3 +409,17 @@ async def test_redis_unreachable_still_decides_locally(caplog: pytest.LogCapture
         await b.aclose()
     warnings = [r for r in caplog.records if r.name == "llmrelay.reliability.breaker"]
     assert len(warnings) == 1 and f"127.0.0.1:{port}" in warnings[0].getMessage()
+
+
+def test_half_open_with_every_probe_out_reads_as_open():
+    clock = [0.0]
+    b = LocalBreakers(
+        BreakerSettings(consecutive_failures=1, open_s=5, half_open_probes=1), clock=lambda: clock[0]
+    )
+    b.record("k", False)
+    clock[0] = 6.0
+    assert b.state("k") == "half_open"
+    assert b.allow("k")  # the probe goes out
+    assert b.state("k") == "open"  # nobody else should be sent, nor wait for it
+    b.record("k", True)
+    assert b.state("k") == "closed"

@@ -226,3 +226,12 @@ def test_a_chain_none_of_whose_models_fits_is_a_client_error():
     req = ChatRequest(model="t", messages=[{"role": "user", "content": image}])
     with pytest.raises(InvalidRequestError, match="'t' does not support vision.*'u' does not support vision"):
         Driver(Catalog(settings).chain("t"), req).run({})
+
+
+def test_no_backoff_when_the_failure_just_opened_the_breaker():
+    driver = Driver(CATALOG.chain("solo"), request(model="solo"))
+    assert isinstance(driver.plan.send(None), Try)
+    driver.down.add("a/s")  # the executor recorded the failure and the breaker opened
+    with pytest.raises(UpstreamUnavailable):
+        driver.plan.send(boom())
+    assert driver.steps == []  # no Wait was asked for

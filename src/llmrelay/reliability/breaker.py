@@ -263,10 +263,15 @@ class LocalBreakers:
             requests >= s.min_requests and failures >= s.error_rate * requests
         )
 
-    @staticmethod
-    def _state(e: _Entry, now: float) -> str:
+    def _state(self, e: _Entry, now: float) -> str:
         if e.is_open and now < e.opened_until:
             return "open"
+        if (
+            e.is_open
+            and e.in_flight >= self.settings.half_open_probes
+            and now - e.probe_at < self.settings.open_s
+        ):
+            return "open"  # half-open with every probe out: as unusable as open until one reports
         if e.cooldown_until > now:
             return "cooldown"
         return "half_open" if e.is_open else "closed"

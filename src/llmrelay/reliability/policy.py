@@ -120,7 +120,11 @@ def attempt_plan(
             retry_after = error.retry_after if isinstance(error, UpstreamRateLimited) else None
             if retry_after:
                 cooldown(deployment.key, retry_after)
-            elif attempt < settings.max_attempts and pick(entry, frozenset(failed), False) is None:
+            elif (
+                attempt < settings.max_attempts
+                and pick(entry, frozenset(failed), False) is None  # only the one that failed is left
+                and pick(entry, frozenset(), False) is not None  # and its breaker has not just opened
+            ):
                 interrupted = yield Wait(backoff(attempt, settings, rng))  # only this one is left: back off
                 if interrupted is not None:
                     raise AllAttemptsFailed.from_errors(errors, [*skipped, interrupted.message])
