@@ -41,11 +41,10 @@ class Deployment:
     provider: ProviderSettings
     upstream: str
     weight: float = 1.0
+    key: str = ""  # "<provider>/<upstream>": identifies it for breakers and load balancing
 
-    @property
-    def key(self) -> str:
-        """Identifies the deployment for breakers and load balancing."""
-        return f"{self.provider_name}/{self.upstream}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.provider_name}/{self.upstream}")
 
 
 @dataclass(frozen=True, slots=True)

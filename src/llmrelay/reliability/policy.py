@@ -148,6 +148,10 @@ def _unfit(
 
 
 def _may_exceed(request: ChatRequest, window: int) -> bool:
-    """Cheap bound before counting tokens: a token is at least one byte of text."""
-    size = sum(len(m.text().encode()) if m.content is not None else 0 for m in request.messages)
-    return size + (request.output_limit or 0) > window
+    """Cheap bounds before counting tokens: a token is at least one byte of text, and a character
+    at most four bytes."""
+    texts = [m.text() for m in request.messages if m.content is not None]
+    budget = window - (request.output_limit or 0)
+    if 4 * sum(map(len, texts)) <= budget:
+        return False
+    return sum(len(t.encode()) for t in texts) > budget
