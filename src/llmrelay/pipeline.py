@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ulid import ULID
 
@@ -62,11 +62,14 @@ class Call:
     ttft_ms: float | None = None
     # Written by the recorder:
     usage: Usage | None = None
+    usage_estimated: bool = False  # counted by our tokenizer: the upstream reported none
     cost_usd: Decimal | None = None
     status: str = "pending"
     error: GatewayError | None = None
     latency_ms: float | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # What later stages learn (route decision, cache status, guardrail verdicts), for the record:
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stream(self) -> bool:

@@ -182,6 +182,7 @@ class Usage(_Model):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    estimated: bool = False  # counted by llmrelay's tokenizer because the upstream reported none
 
     @property
     def total_tokens(self) -> int:
@@ -194,6 +195,7 @@ class Usage(_Model):
             cached_tokens=self.cached_tokens + other.cached_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            estimated=self.estimated or other.estimated,
         )
 
 

@@ -62,6 +62,7 @@ class Recorder:
     ) -> None:
         call.latency_ms = call.elapsed_ms()
         call.usage = usage
+        call.usage_estimated = usage is not None and usage.estimated
         call.error = error
         call.status = status or (f"error:{type(error).__name__}" if error else "success")
         if usage is not None and call.deployment is not None:

@@ -181,6 +181,7 @@ class HTTPProvider:
                 usage = Usage(
                     prompt_tokens=count_messages(request.messages, model),
                     completion_tokens=count_text("".join(text), model),
+                    estimated=True,
                 )
                 yield Chunk(id=last.id, created=last.created, model=last.model, usage=usage)
         finally:

@@ -1,0 +1,170 @@
+"""What is written down about each call: one ``CallRecord`` per client call, one ``AttemptRecord``
+per upstream attempt, built from the ``Call`` context once the call is over.
+
+Stages add to a record by writing onto ``Call`` (typed fields, or ``Call.extra`` for things a later
+stage learns: route decision, cache status, guardrail verdicts); ``CallRecord.from_call`` copies
+them, so the writer and the stores never change when a stage is added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from ..pipeline import Call
+
+BodyPolicy = Literal["full", "redacted", "none"]
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    n: int  # 1-based position among the call's attempts
+    model: str
+    deployment: str
+    outcome: str  # "success" | "error:<ErrorClass>"
+    status_code: int | None
+    latency_ms: float
+    waited_ms: float
+
+
+@dataclass(slots=True)
+class CallRecord:
+    id: str  # "req_<ULID>": sortable by time
+    started_at: float  # unix seconds
+    ended_at: float
+    api_format: str  # openai | anthropic | library
+    api_key_id: str | None  # a short hash of the key the client presented, never the key
+    end_user: str | None  # the request's `user`
+    requested_model: str
+    model: str | None  # the model that answered (a fallback, perhaps)
+    provider: str | None
+    upstream_model: str | None
+    stream: bool
+    status: str  # success | error:<ErrorClass> | filtered | cache_hit
+    error_message: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_usd: str | None  # a Decimal as text: exact to the digit in every store
+    cost_exact: bool  # False when usage was estimated (an upstream that reported none)
+    latency_ms: float
+    ttft_ms: float | None
+    upstream_ms: float
+    overhead_ms: float
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # route, cache, guardrails...: stage-owned
+    request_body: Any = None  # per the body policy
+    response_body: Any = None
+
+    @classmethod
+    def from_call(cls, call: Call, *, bodies: BodyPolicy = "none", response_body: Any = None) -> CallRecord:
+        now = time.time()
+        latency = call.latency_ms if call.latency_ms is not None else call.elapsed_ms()
+        usage = call.usage
+        deployment = call.deployment
+        return cls(
+            id=call.id,
+            started_at=now - latency / 1000,
+            ended_at=now,
+            api_format=call.api_format,
+            api_key_id=key_id(call.principal),
+            end_user=call.request.user,
+            requested_model=call.request.model,
+            model=deployment.model if deployment else None,
+            provider=deployment.provider_name if deployment else None,
+            upstream_model=deployment.upstream if deployment else None,
+            stream=call.stream,
+            status=call.status,
+            error_message=call.error.message if call.error is not None else None,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            cost_usd=str(call.cost_usd) if call.cost_usd is not None else None,
+            cost_exact=not call.usage_estimated,
+            latency_ms=latency,
+            ttft_ms=call.ttft_ms,
+            upstream_ms=call.upstream_ms,
+            overhead_ms=max(latency - call.upstream_ms, 0.0),
+            attempts=[
+                AttemptRecord(i, a.model, a.deployment, a.outcome, a.status_code, a.latency_ms, a.waited_ms)
+                for i, a in enumerate(call.attempts, 1)
+            ],
+            extra=dict(call.extra),
+            request_body=_body(call.request.model_dump(exclude_none=True), bodies),
+            response_body=_body(response_body, bodies),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallRecord:
+        attempts = [AttemptRecord(**a) for a in data.get("attempts") or ()]
+        return cls(**{**data, "attempts": attempts})
+
+
+def key_id(presented: str | None) -> str | None:
+    """A stable, non-reversible id for an API key: enough to group by, useless to an attacker."""
+    if not presented:
+        return None
+    return "key_" + hashlib.sha256(presented.encode()).hexdigest()[:12]
+
+
+def _body(body: Any, policy: BodyPolicy) -> Any:
+    if policy == "full" or body is None:
+        return body if policy == "full" else None
+    if policy == "redacted":
+        return _redact(body)
+    return None
+
+
+def _redact(value: Any) -> Any:
+    """Keep the shape (roles, models, tool names, sizes), drop the words."""
+    if isinstance(value, dict):
+        return {k: (_redact(v) if k not in ("content", "text", "arguments") else _size(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _size(value: Any) -> str:
+    if isinstance(value, str):
+        return f"<{len(value)} chars>"
+    if isinstance(value, list):
+        return f"<{len(value)} parts>"
+    return "<redacted>"
+
+
+class CallStore(Protocol):
+    """Where call records live: SQLite (embedded default) or PostgreSQL (several replicas)."""
+
+    async def open(self) -> None: ...  # connect and apply migrations
+
+    async def write(self, records: list[CallRecord]) -> None: ...  # idempotent on id
+
+    async def recent(
+        self,
+        *,
+        limit: int = 50,
+        since: float | None = None,
+        model: str | None = None,
+        api_key_id: str | None = None,
+        status: str | None = None,
+    ) -> list[CallRecord]: ...  # newest first, with attempts
+
+    async def get(self, call_id: str) -> CallRecord | None: ...
+
+    async def totals(self, *, by: str, since: float | None = None) -> list[dict[str, Any]]: ...
+    # by: model | key | user | day | status -> rows {group, requests, errors, prompt_tokens,
+    #     completion_tokens, cost_usd (str), latency_p50_ms, latency_p95_ms}
+
+    async def prune(self, older_than: float) -> int: ...  # retention; returns records removed
+
+    async def close(self) -> None: ...
