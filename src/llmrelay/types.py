@@ -182,7 +182,8 @@ class Usage(_Model):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
-    estimated: bool = False  # counted by llmrelay's tokenizer because the upstream reported none
+    # Counted by llmrelay's tokenizer because the upstream reported none (not part of any wire format).
+    estimated: bool = Field(default=False, exclude=True)
 
     @property
     def total_tokens(self) -> int:
