@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ import pytest
 import yaml
 
 MASTER_KEY = "sk-test-master"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Call-log journals and databases of every gateway started by the tests go here, not ~/.llmrelay.
+    os.environ.setdefault("LLMRELAY_HOME", tempfile.mkdtemp(prefix="llmrelay-test-home-"))
 
 
 def free_port() -> int:

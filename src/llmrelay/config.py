@@ -121,6 +121,19 @@ class BreakerConfig(_Settings):
     half_open_probes: int = Field(default=1, ge=1)
 
 
+class CallLogSettings(_Settings):
+    """The durable call log (observability/calllog.py) and what goes into it."""
+
+    enabled: bool = True
+    # Journal and (by default) the SQLite database live here; LLMRELAY_HOME overrides the default.
+    directory: str = Field(default_factory=lambda: os.environ.get("LLMRELAY_HOME", "~/.llmrelay"))
+    store: str = "sqlite:///calls.db"  # or postgresql://user@host/db (pip install 'llmrelay[postgres]')
+    bodies: Literal["none", "redacted", "full"] = "none"  # request/response bodies in the record
+    retention_days: float | None = Field(default=30, gt=0)  # None keeps everything
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_s: float = Field(default=0.2, gt=0)
+
+
 class SimulatorRef(_Settings):
     """The embedded simulator the gateway starts for ``simulated`` providers."""
 
@@ -134,6 +147,8 @@ class Settings(_Settings):
     execute: ExecuteSettings = ExecuteSettings()
     breaker: BreakerConfig = BreakerConfig()
     redis_url: str | None = None  # shared state across replicas (circuit breakers today)
+    calllog: CallLogSettings = Field(default_factory=CallLogSettings)
+    metrics: bool = True  # Prometheus /metrics
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
@@ -277,6 +292,7 @@ def _sim_url(kind: ProviderKind, port: int) -> str:
 
 __all__ = [
     "BreakerConfig",
+    "CallLogSettings",
     "DeploymentSettings",
     "ExecuteSettings",
     "ModelSettings",

@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from .catalog import Catalog
 from .config import Settings, with_simulator_port
 from .errors import ConfigError, InvalidRequestError
-from .observability.recorder import Recorder
+from .observability.calllog import CallLog, open_store
+from .observability.metrics import Metrics
+from .observability.recorder import Recorder, Sink
 from .pipeline import Call, Handler, Result, Stage, compose
 from .providers import openai_format
 from .providers.base import HttpClient, HTTPProvider
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 StageFactory = Callable[["Relay"], Stage]
 
 STAGES: dict[str, StageFactory] = {
-    "record": lambda relay: Recorder(relay.catalog),
+    "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
     "execute": lambda relay: Executor(relay.catalog, relay.providers, relay.settings.execute, relay.breakers),
 }
 
@@ -58,6 +60,9 @@ class Relay:
         )
         self._handler: Handler | None = None
         self._simulator: Any = None
+        self.calllog: CallLog | None = None
+        self.metrics: Metrics | None = None
+        self.sinks: list[Sink] = []  # what every finished call's record is handed to
         self._start_lock = asyncio.Lock()  # the first calls may arrive together: start once
 
     async def start(self) -> Relay:
@@ -87,7 +92,32 @@ class Relay:
             self.catalog = Catalog(self.settings)
         self.providers = build_providers(self.settings, self.http)
         await self.breakers.start()
+        await self._start_calllog()
+        self._start_metrics()
         self._handler = compose([self._stage(name) for name in self.settings.pipeline])
+
+    async def _start_calllog(self) -> None:
+        cfg = self.settings.calllog
+        if not cfg.enabled:
+            return
+        directory = Path(cfg.directory).expanduser()
+        self.calllog = CallLog(
+            open_store(cfg.store, directory),
+            directory,
+            batch_size=cfg.batch_size,
+            flush_interval_s=cfg.flush_interval_s,
+            retention_s=cfg.retention_days * 86_400 if cfg.retention_days else None,
+        )
+        await self.calllog.start()
+        self.sinks.append(self.calllog.submit)
+
+    def _start_metrics(self) -> None:
+        if self.settings.metrics:
+            calllog = self.calllog
+            self.metrics = Metrics(
+                breakers=self.breakers, queue_depth=(lambda: calllog.queue_depth) if calllog else None
+            )
+            self.sinks.append(self.metrics.observe)
 
     def _stage(self, name: str) -> Stage:
         try:
@@ -96,6 +126,10 @@ class Relay:
             raise ConfigError(f"Unknown pipeline stage {name!r}; known stages: {', '.join(STAGES)}") from None
 
     async def aclose(self) -> None:
+        if self.calllog is not None:
+            await self.calllog.aclose()  # drains what the calls left (they are all over by now)
+            self.calllog = None
+        self.sinks.clear()
         await self.http.close()
         await self.breakers.aclose()
         if self._simulator is not None:

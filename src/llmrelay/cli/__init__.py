@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from . import serve, simulate
+from . import costs, logs, serve, simulate
 
-COMMANDS = {"serve": serve, "simulate": simulate}
+COMMANDS = {"serve": serve, "simulate": simulate, "logs": logs, "costs": costs}
 
 
 def main(argv: list[str] | None = None) -> int:

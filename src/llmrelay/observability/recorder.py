@@ -1,17 +1,29 @@
-"""The record stage (outermost): times the whole call, accounts usage and cost, and puts the
-request id, cost and gateway overhead on the response. It never waits on I/O."""
+"""The record stage (outermost): times the whole call, accounts usage and cost, puts the request
+id, cost and gateway overhead on the response, and hands one ``CallRecord`` per call to the sinks
+(the call log, metrics). It never waits on I/O: sinks are synchronous and cheap."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..catalog import Catalog
 from ..errors import GatewayError
 from ..pipeline import Call, Handler, Result, Stream
 from ..types import ChatResponse, Usage
+from .records import BodyPolicy, CallRecord
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[CallRecord], None]
 
 
 class Recorder:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, sinks: Sequence[Sink] = (), bodies: BodyPolicy = "none") -> None:
         self.catalog = catalog
+        self.sinks = tuple(sinks)
+        self.bodies = bodies
 
     async def __call__(self, call: Call, next: Handler) -> Result:
         call.response_headers["x-llmrelay-request-id"] = call.id
@@ -20,8 +32,11 @@ class Recorder:
         except GatewayError as error:
             self._finish(call, error=error)
             raise
+        except Exception:
+            self._finish(call, status="error:InternalError")  # a bug: still on record
+            raise
         if isinstance(result, ChatResponse):
-            self._finish(call, usage=result.usage)
+            self._finish(call, usage=result.usage, response=result)
             return result
         self._describe_model(call, answering=1)  # a stream's headers leave before its cost is known
         return self._recorded(call, result)
@@ -59,6 +74,7 @@ class Recorder:
         usage: Usage | None = None,
         error: GatewayError | None = None,
         status: str | None = None,
+        response: ChatResponse | None = None,
     ) -> None:
         call.latency_ms = call.elapsed_ms()
         call.usage = usage
@@ -72,3 +88,16 @@ class Recorder:
         headers["x-llmrelay-overhead-ms"] = f"{max(call.latency_ms - call.upstream_ms, 0):.3f}"
         if call.cost_usd is not None:
             headers["x-llmrelay-cost-usd"] = f"{call.cost_usd:.8f}"
+        if self.sinks:
+            self._emit(call, response)
+
+    def _emit(self, call: Call, response: ChatResponse | None) -> None:
+        body: Any = None
+        if response is not None and self.bodies != "none":
+            body = response.model_dump(exclude_none=True)
+        record = CallRecord.from_call(call, bodies=self.bodies, response_body=body)
+        for sink in self.sinks:
+            try:
+                sink(record)
+            except Exception:  # a sink must never fail the call it records
+                log.exception("call record sink %r failed for %s", sink, call.id)

@@ -128,7 +128,10 @@ def _body(body: Any, policy: BodyPolicy) -> Any:
 def _redact(value: Any) -> Any:
     """Keep the shape (roles, models, tool names, sizes), drop the words."""
     if isinstance(value, dict):
-        return {k: (_redact(v) if k not in ("content", "text", "arguments") else _size(v)) for k, v in value.items()}
+        return {
+            k: (_redact(v) if k not in ("content", "text", "arguments") else _size(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_redact(v) for v in value]
     return value
@@ -162,6 +165,7 @@ class CallStore(Protocol):
     async def get(self, call_id: str) -> CallRecord | None: ...
 
     async def totals(self, *, by: str, since: float | None = None) -> list[dict[str, Any]]: ...
+
     # by: model | key | user | day | status -> rows {group, requests, errors, prompt_tokens,
     #     completion_tokens, cost_usd (str), latency_p50_ms, latency_p95_ms}
 

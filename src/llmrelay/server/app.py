@@ -61,6 +61,7 @@ class Gateway:
             "/models": ("GET", self._models),
             "/healthz": ("GET", self._health),
             "/admin/breakers": ("GET", self._breakers),
+            "/metrics": ("GET", self._metrics),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -141,7 +142,7 @@ class Gateway:
     async def _chat(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
         started = time.perf_counter()
         headers = request_headers(scope)
-        self._authorize(headers)
+        principal = self._authorize(headers)
         body = await read_body(receive, headers, self._body_limit)
         try:
             payload = orjson.loads(body)
@@ -149,7 +150,13 @@ class Gateway:
             raise InvalidRequestError(
                 "We could not parse the JSON body of your request: it is not valid JSON."
             ) from None
-        call = Call(dialect.parse(payload), api_format=dialect.name, headers=headers, started=started)
+        call = Call(
+            dialect.parse(payload),
+            api_format=dialect.name,
+            headers=headers,
+            principal=principal,
+            started=started,
+        )
         try:
             result = await self.relay.handle(call)
             if isinstance(result, ChatResponse):
@@ -231,6 +238,21 @@ class Gateway:
         when configured, so any replica answers for all)."""
         self._authorize(request_headers(scope))
         await send_json(send, 200, {"breakers": self.relay.breakers.snapshot()})
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Prometheus exposition (master key when configured: it names models and key ids)."""
+        self._authorize(request_headers(scope))
+        if self.relay.metrics is None:
+            raise NotFoundError("Metrics are off in this gateway's config (metrics: false).")
+        body, content_type = self.relay.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"status": "ok", "models": len(self.relay.catalog)})

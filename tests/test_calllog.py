@@ -1,0 +1,235 @@
+"""Every call on record, and nothing lost: the journal-backed call log against real stores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from llmrelay.observability.calllog import CallLog
+from llmrelay.observability.records import AttemptRecord, CallRecord
+from llmrelay.observability.sqlite_store import SqliteCallStore
+
+from .conftest import free_port, start_process, stop_process
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def record(i: int, **kw) -> CallRecord:
+    base = dict(
+        id=f"req_{i:026d}",
+        started_at=1_700_000_000.0 + i,
+        ended_at=1_700_000_000.5 + i,
+        api_format="openai",
+        api_key_id=None,
+        end_user=None,
+        requested_model="m",
+        model="m",
+        provider="p",
+        upstream_model="u",
+        stream=False,
+        status="success",
+        error_message=None,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cached_tokens=0,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        cost_usd="0.000001",
+        cost_exact=True,
+        latency_ms=500.0,
+        ttft_ms=None,
+        upstream_ms=499.0,
+        overhead_ms=1.0,
+        attempts=[AttemptRecord(1, "m", "p/u", "success", 200, 499.0, 0.0)],
+    )
+    return CallRecord(**{**base, **kw})
+
+
+class FlakyStore(SqliteCallStore):
+    """A real SQLite store that can be made to fail, like a database that went down."""
+
+    down = False
+
+    async def write(self, records):
+        if self.down:
+            raise ConnectionError("database is down")
+        await super().write(records)
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_records_wait_in_the_journal_while_the_store_is_down(tmp_path):
+    store = FlakyStore(tmp_path / "calls.db")
+    log = CallLog(store, tmp_path / "home", batch_size=50, flush_interval_s=0.05)
+    await log.start()
+    store.down = True
+    for i in range(300):
+        log.submit(record(i))
+    await asyncio.sleep(0.3)
+    assert not log.store_healthy
+    store.down = False  # the database is back
+    assert await wait_for(lambda: _count(store, 300))
+    await log.aclose()
+
+
+async def test_a_clean_shutdown_drains_everything(tmp_path):
+    store = SqliteCallStore(tmp_path / "calls.db")
+    log = CallLog(store, tmp_path / "home", batch_size=10_000, flush_interval_s=60)
+    await log.start()
+    for i in range(1234):
+        log.submit(record(i))
+    await log.aclose()
+    reopened = SqliteCallStore(tmp_path / "calls.db")
+    await reopened.open()
+    assert len(await reopened.recent(limit=5000)) == 1234
+    await reopened.close()
+
+
+async def test_a_journal_left_by_a_dead_process_is_replayed_without_duplicates(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    # What a killed gateway leaves: 100 lines, of which the first 40 were already written.
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    await store.write([record(i) for i in range(40)])
+    await store.close()
+    import orjson
+
+    with open(home / "journal-1.jsonl", "wb") as f:
+        for i in range(100):
+            f.write(orjson.dumps(record(i).to_dict()) + b"\n")
+        f.write(b'{"id": "req_cut-mid-line"')  # the line being written when it died
+    log = CallLog(SqliteCallStore(tmp_path / "calls.db"), home, flush_interval_s=0.05)
+    await log.start()
+    assert await wait_for(lambda: _count(log.store, 100))
+    await log.aclose()
+
+
+async def _count(store, n: int) -> bool:
+    return len(await store.recent(limit=n + 10)) >= n
+
+
+# --- through the gateway --------------------------------------------------------------------
+
+
+def gateway_config(sim: str, home) -> dict:
+    return {
+        "execute": {"timeout_s": 5, "max_attempts": 2, "backoff_base_s": 0.01},
+        "calllog": {
+            "directory": str(home),
+            "store": "sqlite:///calls.db",
+            "bodies": "redacted",
+            "flush_interval_s": 0.05,
+        },
+        "providers": {
+            "oa": {"kind": "openai", "base_url": sim + "/v1"},
+            "an": {"kind": "anthropic", "base_url": sim},
+        },
+        "models": [
+            {"name": "gpt-4o-mini", "provider": "oa"},
+            {"name": "claude", "provider": "an", "upstream": "claude-haiku-4-5"},
+            {"name": "flaky", "provider": "oa", "upstream": "fault-500-calllog", "fallbacks": ["claude"]},
+            {"name": "broken", "provider": "oa", "upstream": "fault-503-calllog"},
+        ],
+    }
+
+
+@pytest.fixture
+def gateway_home(simulator, tmp_path):
+    home = tmp_path / "home"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(simulator.url, home)))
+    return path, home
+
+
+async def test_records_are_complete_for_success_error_stream_and_fallback(gateway_home, tmp_path):
+    path, home = gateway_home
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-user-1", max_retries=0) as client:
+            ok = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=HELLO, user="alice"
+            )
+            list(client.chat.completions.create(model="claude", messages=HELLO, stream=True))
+            fell_back = client.chat.completions.with_raw_response.create(model="flaky", messages=HELLO)
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(model="broken", messages=HELLO)
+        metrics = httpx.get(server.url + "/metrics").text
+    finally:
+        stop_process(server)  # a clean stop drains the journal
+    requests = [line for line in metrics.splitlines() if line.startswith("llmrelay_requests_total{")]
+    assert len(requests) == 4 and all('api_key="key_' in line for line in requests)
+    assert 'model="claude"' in metrics and 'status="error:UpstreamUnavailable"' in metrics
+    assert 'llmrelay_breaker_state{deployment="oa/fault-500-calllog"}' in metrics
+    store = SqliteCallStore(home / "calls.db")
+    await store.open()
+    try:
+        records = {r.requested_model: r for r in await store.recent(limit=10)}
+        assert set(records) == {"gpt-4o-mini", "claude", "flaky", "broken"}
+        success = records["gpt-4o-mini"]
+        assert success.id == ok.headers["x-llmrelay-request-id"] and success.status == "success"
+        assert success.end_user == "alice" and success.api_key_id and "sk-user-1" not in success.api_key_id
+        assert Decimal(success.cost_usd) == Decimal(ok.headers["x-llmrelay-cost-usd"])
+        assert success.prompt_tokens > 0 and success.completion_tokens > 0 and success.cost_exact
+        assert success.request_body["messages"][0]["content"] == "<5 chars>"  # redacted: shape, no words
+        stream = records["claude"]
+        assert stream.stream and stream.status == "success" and stream.ttft_ms is not None
+        assert stream.completion_tokens > 0 and Decimal(stream.cost_usd) > 0
+        fallback = records["flaky"]
+        assert fallback.model == "claude" and fallback.status == "success"
+        assert [a.outcome for a in fallback.attempts] == [
+            "error:UpstreamUnavailable",
+            "error:UpstreamUnavailable",
+            "success",
+        ]
+        assert fallback.id == fell_back.headers["x-llmrelay-request-id"]
+        failed = records["broken"]
+        assert (
+            failed.status == "error:UpstreamUnavailable" and failed.error_message and failed.cost_usd is None
+        )
+        assert len(failed.attempts) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_killed_gateway_loses_no_record(gateway_home, tmp_path):
+    path, home = gateway_home
+    config = yaml.safe_load(path.read_text())
+    config["calllog"]["flush_interval_s"] = 3600  # nothing reaches the store before the kill
+    config["calllog"]["batch_size"] = 100_000
+    path.write_text(yaml.safe_dump(config))
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    ids = []
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+            for _ in range(25):
+                raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+                ids.append(raw.headers["x-llmrelay-request-id"])
+    finally:
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    # Restarted, it replays its journal into the store.
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    stop_process(server)
+    store = SqliteCallStore(home / "calls.db")
+    await store.open()
+    try:
+        stored = {r.id for r in await store.recent(limit=100)}
+        assert set(ids) <= stored
+    finally:
+        await store.close()
