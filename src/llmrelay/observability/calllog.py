@@ -202,7 +202,10 @@ class CallLog:
                 return
             if self.retention_s and time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
-                await self.store.prune(time.time() - self.retention_s)
+                try:
+                    await self.store.prune(time.time() - self.retention_s)
+                except Exception as exc:  # retention can wait for the next round
+                    log.warning("call log: pruning old records failed: %s", exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)

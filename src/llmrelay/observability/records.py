@@ -86,7 +86,7 @@ class CallRecord:
             cached_tokens=usage.cached_tokens if usage else 0,
             cache_write_tokens=usage.cache_write_tokens if usage else 0,
             reasoning_tokens=usage.reasoning_tokens if usage else 0,
-            cost_usd=str(call.cost_usd) if call.cost_usd is not None else None,
+            cost_usd=format(call.cost_usd, "f") if call.cost_usd is not None else None,  # never 1E-7
             cost_exact=not call.usage_estimated,
             latency_ms=latency,
             ttft_ms=call.ttft_ms,

@@ -1,0 +1,83 @@
+"""The PostgreSQL call log through the gateway: the database stopped mid-run and restarted loses
+nothing (a TCP proxy in front of the machine's PostgreSQL is what "stops")."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import openai
+import pytest
+import yaml
+
+from .conftest import free_port, start_process, stop_process
+from .tcp_proxy import TcpProxy
+
+asyncpg = pytest.importorskip("asyncpg")
+
+ADMIN_DSN = os.environ.get("LLMRELAY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def database():
+    try:
+        admin = await asyncpg.connect(ADMIN_DSN, timeout=3)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("LLMRELAY_REQUIRE_SERVICES") == "1":
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {ADMIN_DSN}: {exc}")
+    name = f"llmrelay_test_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def test_database_down_mid_run_then_back_loses_nothing(simulator, database, tmp_path):
+    proxy = TcpProxy(5432, free_port())
+    proxy.up()
+    config = {
+        "calllog": {
+            "directory": str(tmp_path / "home"),
+            "store": f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}",
+            "flush_interval_s": 0.05,
+        },
+        "providers": {"oa": {"kind": "openai", "base_url": simulator.url + "/v1"}},
+        "models": [{"name": "gpt-4o-mini", "provider": "oa"}],
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    ids = []
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+
+            def call() -> None:
+                raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+                ids.append(raw.headers["x-llmrelay-request-id"])
+
+            for _ in range(10):
+                call()
+            proxy.down()  # the database goes away: the gateway must not notice
+            for _ in range(15):
+                call()
+            time.sleep(0.5)
+            proxy.up()  # back: the journal is replayed
+            for _ in range(5):
+                call()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}")
+                stored = {r["id"] for r in await conn.fetch("SELECT id FROM calls")}
+                await conn.close()
+                if set(ids) <= stored:
+                    break
+                time.sleep(0.2)
+    finally:
+        stop_process(server)
+        proxy.close()
+    assert len(ids) == 30 and set(ids) <= stored and len(stored) == 30
