@@ -134,6 +134,14 @@ class CallLogSettings(_Settings):
     flush_interval_s: float = Field(default=0.2, gt=0)
 
 
+class TracesSettings(_Settings):
+    """OpenTelemetry spans (GenAI conventions), sent by OTLP/HTTP (pip install 'llmrelay[otel]')."""
+
+    otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318/v1/traces; None = no traces
+    headers: dict[str, str] = {}  # e.g. an Authorization header for Langfuse
+    service_name: str = "llmrelay"
+
+
 class SimulatorRef(_Settings):
     """The embedded simulator the gateway starts for ``simulated`` providers."""
 
@@ -149,6 +157,7 @@ class Settings(_Settings):
     redis_url: str | None = None  # shared state across replicas (circuit breakers today)
     calllog: CallLogSettings = Field(default_factory=CallLogSettings)
     metrics: bool = True  # Prometheus /metrics
+    traces: TracesSettings = TracesSettings()
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()

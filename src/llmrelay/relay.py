@@ -62,6 +62,7 @@ class Relay:
         self._simulator: Any = None
         self.calllog: CallLog | None = None
         self.metrics: Metrics | None = None
+        self.tracer: Any = None  # observability.tracing.Tracer when traces are configured
         self.sinks: list[Sink] = []  # what every finished call's record is handed to
         self._start_lock = asyncio.Lock()  # the first calls may arrive together: start once
 
@@ -94,6 +95,7 @@ class Relay:
         await self.breakers.start()
         await self._start_calllog()
         self._start_metrics()
+        self._start_tracing()
         self._handler = compose([self._stage(name) for name in self.settings.pipeline])
 
     async def _start_calllog(self) -> None:
@@ -119,6 +121,19 @@ class Relay:
             )
             self.sinks.append(self.metrics.observe)
 
+    def _start_tracing(self) -> None:
+        traces = self.settings.traces
+        if traces.otlp_endpoint:
+            from .observability.tracing import Tracer
+
+            self.tracer = Tracer(
+                traces.otlp_endpoint,
+                service_name=traces.service_name,
+                headers=traces.headers,
+                provider_kinds={name: p.kind for name, p in self.settings.providers.items()},
+            )
+            self.sinks.append(self.tracer.observe)
+
     def _stage(self, name: str) -> Stage:
         try:
             return STAGES[name](self)
@@ -129,6 +144,9 @@ class Relay:
         if self.calllog is not None:
             await self.calllog.aclose()  # drains what the calls left (they are all over by now)
             self.calllog = None
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # flushes the last spans; it blocks
+            self.tracer = None
         self.sinks.clear()
         await self.http.close()
         await self.breakers.aclose()
