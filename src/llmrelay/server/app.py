@@ -39,6 +39,7 @@ from ..errors import (
 from ..pipeline import Call, Stream
 from ..relay import Relay
 from ..types import ChatResponse
+from .dashboard import Dashboard
 
 log = logging.getLogger("llmrelay.server")
 
@@ -63,6 +64,7 @@ class Gateway:
             "/admin/breakers": ("GET", self._breakers),
             "/metrics": ("GET", self._metrics),
         }
+        self._routes.update(Dashboard(relay).routes())  # /dashboard and /dashboard/api/* (dashboard.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
