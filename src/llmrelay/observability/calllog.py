@@ -154,7 +154,8 @@ class CallLog:
     def submit(self, record: CallRecord) -> None:
         """Append the record to the journal: never waits on the store."""
         assert self._journal is not None, "CallLog.start() was not awaited"
-        os.write(self._journal.fd, orjson.dumps(record.to_dict(), default=str) + b"\n")
+        # orjson serializes the dataclass itself: ~3 us, against ~35 through dataclasses.asdict.
+        os.write(self._journal.fd, orjson.dumps(record, default=str) + b"\n")
         self._pending += 1
         if self._pending >= self.batch_size:
             self._wake.set()
@@ -196,8 +197,10 @@ class CallLog:
             if not self.store_healthy:
                 log.warning("call log: store is back; journal replayed")
             self.store_healthy, backoff = True, 0.5
-            if drained:
-                continue  # more may be waiting: no sleep between full batches
+            if drained >= self.batch_size or (self._stopping and drained):
+                continue  # a full batch (more is likely waiting), or draining for shutdown
+            # Otherwise let records accumulate into a real batch (or until batch_size arrive):
+            # committing every few records costs the database more than the records themselves.
             if self._stopping:
                 return
             if self.retention_s and time.monotonic() - last_prune > 3600:
@@ -210,16 +213,16 @@ class CallLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
 
-    async def _drain_once(self) -> bool:
-        """Write one batch from the orphans or our journal; True if there was one."""
+    async def _drain_once(self) -> int:
+        """Write one batch from the orphans or our journal; how many lines it held."""
         journals = [j for j in self._orphans if j.size() > j.offset]
         journal = journals[0] if journals else self._journal
         if journal is None:
-            return False
+            return 0
         lines, end = await asyncio.to_thread(journal.read_lines, self.batch_size)
         if not lines:
             self._maybe_rotate(journal)
-            return False
+            return 0
         records = []
         for line in lines:
             try:
@@ -231,7 +234,7 @@ class CallLog:
         if journal is self._journal:
             self._pending = max(0, self._pending - len(lines))
         self._maybe_rotate(journal)
-        return True
+        return len(lines)
 
     def _maybe_rotate(self, journal: _Journal) -> None:
         if journal.offset == journal.size() and journal.offset >= self.rotate_bytes:

@@ -97,7 +97,9 @@ class CallRecord:
                 for i, a in enumerate(call.attempts, 1)
             ],
             extra=dict(call.extra),
-            request_body=_body(call.request.model_dump(exclude_none=True), bodies),
+            request_body=_body(call.request.model_dump(exclude_none=True), bodies)
+            if bodies != "none"
+            else None,
             response_body=_body(response_body, bodies),
         )
 
