@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import orjson
 
-from .records import AttemptRecord, CallRecord
+from . import records
+from .records import CALL_COLUMNS, AttemptRecord, CallRecord
 
 log = logging.getLogger(__name__)
 
@@ -93,46 +94,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ),
 )
 
-CALL_COLUMNS = (
-    "id",
-    "started_at",
-    "ended_at",
-    "api_format",
-    "api_key_id",
-    "end_user",
-    "requested_model",
-    "model",
-    "provider",
-    "upstream_model",
-    "stream",
-    "status",
-    "error_message",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "cost_exact",
-    "latency_ms",
-    "ttft_ms",
-    "upstream_ms",
-    "overhead_ms",
-    "extra",
-    "request_body",
-    "response_body",
-)
-ATTEMPT_COLUMNS = (
-    "call_id",
-    "started_at",
-    "n",
-    "model",
-    "deployment",
-    "outcome",
-    "status_code",
-    "latency_ms",
-    "waited_ms",
-)
+ATTEMPT_COLUMNS = ("call_id", "started_at", *records.ATTEMPT_COLUMNS)  # partitioned by the call's day
 _PARTITIONED = ("calls", "attempts")
 _PARTITION_NAME = re.compile(r"^calls_p(\d{8})$")
 

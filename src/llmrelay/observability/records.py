@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -110,6 +110,11 @@ class CallRecord:
     def from_dict(cls, data: dict[str, Any]) -> CallRecord:
         attempts = [AttemptRecord(**a) for a in data.get("attempts") or ()]
         return cls(**{**data, "attempts": attempts})
+
+
+# Column order for the stores: the record's fields, attempts in a table of their own.
+CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CallRecord) if f.name != "attempts")
+ATTEMPT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(AttemptRecord))
 
 
 def key_id(presented: str | None) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .migrations import Migrations, apply_sqlite
-from .records import AttemptRecord, CallRecord
+from .records import ATTEMPT_COLUMNS, CALL_COLUMNS, AttemptRecord, CallRecord
 
 T = TypeVar("T")
 
@@ -87,45 +87,8 @@ MIGRATIONS = Migrations(
 )
 
 # Column order of ``calls``: every scalar field of CallRecord (the test checks none is missing).
-_CALL_COLUMNS = (
-    "id",
-    "started_at",
-    "ended_at",
-    "api_format",
-    "api_key_id",
-    "end_user",
-    "requested_model",
-    "model",
-    "provider",
-    "upstream_model",
-    "stream",
-    "status",
-    "error_message",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "cost_exact",
-    "latency_ms",
-    "ttft_ms",
-    "upstream_ms",
-    "overhead_ms",
-    "extra",
-    "request_body",
-    "response_body",
-)
-_ATTEMPT_COLUMNS = (
-    "call_id",
-    "n",
-    "model",
-    "deployment",
-    "outcome",
-    "status_code",
-    "latency_ms",
-    "waited_ms",
-)
+_CALL_COLUMNS = CALL_COLUMNS
+_ATTEMPT_COLUMNS = ("call_id", *ATTEMPT_COLUMNS)
 
 _SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM calls"
 _SELECT_ATTEMPTS = f"SELECT {', '.join(_ATTEMPT_COLUMNS)} FROM attempts"
