@@ -272,13 +272,13 @@ def collector() -> Iterator[tuple[str, Received]]:
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             received.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            received.arrived.set()  # before replying: the exporter returns as soon as it has the reply
             reply = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200 if self.path == "/v1/traces" else 404)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
             self.wfile.write(reply)
-            received.arrived.set()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
