@@ -87,6 +87,9 @@ def _banner(relay: Relay, host: str, port: int) -> None:
     lines = [
         f"llmrelay gateway on http://{host}:{port}  (OpenAI: /v1/chat/completions, Anthropic: /v1/messages)"
     ]
+    calllog = relay.settings.calllog
+    if calllog.enabled:
+        lines.append(f"  call log: {calllog.store} in {calllog.directory}  (llmrelay logs | costs, /dashboard)")
     if relay.settings.server.master_key is None:
         lines.append("  auth: none (set server.master_key in a config to require a key)")
     lines.append("  models:")
