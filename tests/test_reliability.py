@@ -217,3 +217,44 @@ def test_the_total_deadline_can_be_set_per_request(client):
         client.chat.completions.create(
             model="healthy", messages=HELLO, extra_headers={"x-llmrelay-timeout": "soon"}
         )
+
+
+def test_breakers_are_shared_across_replicas_through_redis(simulator, tmp_path):
+    import os
+
+    import redis
+
+    url = os.environ.get("LLMRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("LLMRELAY_REQUIRE_SERVICES") == "1":
+            raise
+        pytest.skip(f"Redis not reachable at {url}: {exc}")
+    cfg = config(simulator.url)
+    cfg["redis_url"] = url
+    cfg["breaker"] = {**cfg["breaker"], "open_s": 30}  # stays open through the whole test
+    dead = f"dead-{free_port()}"  # a deployment key no other run shares
+    cfg["providers"][dead] = {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"}
+    cfg["models"].append({"name": "shared", "provider": dead, "upstream": "m", "fallbacks": ["healthy"]})
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    a = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    b = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    try:
+        with (
+            openai.OpenAI(base_url=a.url + "/v1", api_key="x", max_retries=0) as on_a,
+            openai.OpenAI(base_url=b.url + "/v1", api_key="x", max_retries=0) as on_b,
+        ):
+            for _ in range(2):  # two failures on replica A open the breaker there
+                on_a.chat.completions.create(model="shared", messages=HELLO)
+            time.sleep(1.0)  # replicas pull the shared state every 250 ms
+            # B has never sent to the dead deployment itself, yet skips it: it learned through Redis.
+            raw = on_b.chat.completions.with_raw_response.create(model="shared", messages=HELLO)
+            assert attempts(raw) == 1 and raw.parse().model == "healthy"  # B skipped the dead one
+    finally:
+        stop_process(a)
+        stop_process(b)
+        keys = redis.Redis.from_url(url).keys(f"llmrelay:breaker:{dead}*")
+        if keys:
+            redis.Redis.from_url(url).delete(*keys)

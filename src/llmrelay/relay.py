@@ -92,6 +92,7 @@ class Relay:
             self.settings = with_simulator_port(self.settings, port)
             self.catalog = Catalog(self.settings)
         self.providers = build_providers(self.settings, self.http)
+        self.breakers.track(d.key for entry in self.catalog for d in entry.deployments)
         await self.breakers.start()
         await self._start_calllog()
         self._start_metrics()

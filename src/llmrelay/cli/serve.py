@@ -89,7 +89,9 @@ def _banner(relay: Relay, host: str, port: int) -> None:
     ]
     calllog = relay.settings.calllog
     if calllog.enabled:
-        lines.append(f"  call log: {calllog.store} in {calllog.directory}  (llmrelay logs | costs, /dashboard)")
+        lines.append(
+            f"  call log: {calllog.store} in {calllog.directory}  (llmrelay logs | costs, /dashboard)"
+        )
     if relay.settings.server.master_key is None:
         lines.append("  auth: none (set server.master_key in a config to require a key)")
     lines.append("  models:")

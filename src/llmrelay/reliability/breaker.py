@@ -52,7 +52,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -95,6 +95,7 @@ class Breakers(Protocol):
     def allow(self, key: str) -> bool: ...
     def record(self, key: str, ok: bool) -> None: ...
     def cooldown(self, key: str, seconds: float) -> None: ...
+    def track(self, keys: Iterable[str]) -> None: ...
     def state(self, key: str) -> str: ...
     def snapshot(self) -> list[dict[str, Any]]: ...
     async def start(self) -> None: ...
@@ -195,6 +196,12 @@ class LocalBreakers:
         e.in_flight += 1
         e.probe_at = now
         return True
+
+    def track(self, keys: Iterable[str]) -> None:
+        """Know these deployments from the start: listed in snapshots and, with Redis, kept in
+        step before this replica has sent them anything (so it can skip one opened elsewhere)."""
+        for key in keys:
+            self._entries.setdefault(key, _Entry())
 
     def record(self, key: str, ok: bool) -> None:
         e = self._entries.get(key)
