@@ -14,43 +14,17 @@ import pytest
 import yaml
 
 from llmrelay.observability.calllog import CallLog
-from llmrelay.observability.records import AttemptRecord, CallRecord
+from llmrelay.observability.records import CallRecord
 from llmrelay.observability.sqlite_store import SqliteCallStore
 
 from .conftest import free_port, start_process, stop_process
+from .factories import call_record
 
 HELLO = [{"role": "user", "content": "hello"}]
 
 
 def record(i: int, **kw) -> CallRecord:
-    base = dict(
-        id=f"req_{i:026d}",
-        started_at=1_700_000_000.0 + i,
-        ended_at=1_700_000_000.5 + i,
-        api_format="openai",
-        api_key_id=None,
-        end_user=None,
-        requested_model="m",
-        model="m",
-        provider="p",
-        upstream_model="u",
-        stream=False,
-        status="success",
-        error_message=None,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        cache_write_tokens=0,
-        reasoning_tokens=0,
-        cost_usd="0.000001",
-        cost_exact=True,
-        latency_ms=500.0,
-        ttft_ms=None,
-        upstream_ms=499.0,
-        overhead_ms=1.0,
-        attempts=[AttemptRecord(1, "m", "p/u", "success", 200, 499.0, 0.0)],
-    )
-    return CallRecord(**{**base, **kw})
+    return call_record(**{"id": f"req_{i:026d}", "started_at": 1_700_000_000.0 + i, **kw})
 
 
 class FlakyStore(SqliteCallStore):

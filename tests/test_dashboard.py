@@ -27,6 +27,7 @@ from llmrelay.server import dashboard
 from llmrelay.server.dashboard import OTHER
 
 from .conftest import MASTER_KEY, Server, free_port, start_process, stop_process
+from .factories import call_record
 
 HELLO = [{"role": "user", "content": "hello"}]
 BEARER = {"authorization": f"Bearer {MASTER_KEY}"}
@@ -253,34 +254,19 @@ NOW = 1_750_000_000.0  # a fixed clock
 
 
 def record(i: int, started_at: float, **kw: Any) -> CallRecord:
-    base: dict[str, Any] = dict(
-        id=f"req_{i:026d}",
-        started_at=started_at,
-        ended_at=started_at + 0.1,
-        api_format="openai",
-        api_key_id="key_a",
-        end_user=None,
-        requested_model="m",
-        model="m",
-        provider="p",
-        upstream_model="u",
-        stream=False,
-        status="success",
-        error_message=None,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        cache_write_tokens=0,
-        reasoning_tokens=0,
-        cost_usd="0.001",
-        cost_exact=True,
-        latency_ms=100.0 * (i + 1),
-        ttft_ms=None,
-        upstream_ms=99.0,
-        overhead_ms=1.0,
-        attempts=[AttemptRecord(1, "m", "p/u", "success", 200, 99.0, 0.0)],
+    return call_record(
+        **{
+            "id": f"req_{i:026d}",
+            "started_at": started_at,
+            "ended_at": started_at + 0.1,
+            "api_key_id": "key_a",
+            "cost_usd": "0.001",
+            "latency_ms": 100.0 * (i + 1),
+            "upstream_ms": 99.0,
+            "attempts": [AttemptRecord(1, "m", "p/u", "success", 200, 99.0, 0.0)],
+            **kw,
+        }
     )
-    return CallRecord(**{**base, **kw})
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ from llmrelay.observability.postgres_store import (  # noqa: E402
 )
 from llmrelay.observability.records import AttemptRecord, CallRecord  # noqa: E402
 
+from .factories import call_record  # noqa: E402  (after the importorskip above)
+
 
 def ts(day: str, clock: str = "12:00:00") -> float:
     return datetime.fromisoformat(f"{day}T{clock}+00:00").timestamp()
@@ -40,34 +42,7 @@ def ts(day: str, clock: str = "12:00:00") -> float:
 
 def record(i: int, *, started_at: float | None = None, **kw) -> CallRecord:
     start = started_at if started_at is not None else ts("2024-03-10") + i
-    base = dict(
-        id=f"req_{uuid.uuid4().hex}",
-        started_at=start,
-        ended_at=start + 0.5,
-        api_format="openai",
-        api_key_id="key_a",
-        end_user=None,
-        requested_model="m",
-        model="m",
-        provider="p",
-        upstream_model="u",
-        stream=False,
-        status="success",
-        error_message=None,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        cache_write_tokens=0,
-        reasoning_tokens=0,
-        cost_usd="0.000001",
-        cost_exact=True,
-        latency_ms=500.0,
-        ttft_ms=None,
-        upstream_ms=499.0,
-        overhead_ms=1.0,
-        attempts=[AttemptRecord(1, "m", "p/u", "success", 200, 499.0, 0.0)],
-    )
-    return CallRecord(**{**base, **kw})
+    return call_record(**{"id": f"req_{uuid.uuid4().hex}", "started_at": start, "api_key_id": "key_a", **kw})
 
 
 def with_query(dsn: str, *, path: str | None = None, **params: str) -> str:

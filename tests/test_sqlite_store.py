@@ -16,38 +16,32 @@ from llmrelay.observability.migrations import TABLE, Migrations, apply_sqlite
 from llmrelay.observability.records import AttemptRecord, CallRecord
 from llmrelay.observability.sqlite_store import _CALL_COLUMNS, MIGRATIONS, SqliteCallStore, percentile
 
+from .factories import call_record
+
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 DAY = 86_400.0
 
 
 def record(n: int, **changes: Any) -> CallRecord:
-    base = CallRecord(
-        id=f"req_{n:08d}",
-        started_at=T0 + n,
-        ended_at=T0 + n + 0.25,
-        api_format="openai",
-        api_key_id="key_aaa",
-        end_user="alice",
-        requested_model="gpt-4o-mini",
-        model="gpt-4o-mini",
-        provider="openai",
-        upstream_model="gpt-4o-mini-2024-07-18",
-        stream=False,
-        status="success",
-        error_message=None,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        cache_write_tokens=0,
-        reasoning_tokens=0,
-        cost_usd="0.000015",
-        cost_exact=True,
-        latency_ms=250.0,
-        ttft_ms=None,
-        upstream_ms=240.0,
-        overhead_ms=10.0,
+    return call_record(
+        **{
+            "id": f"req_{n:08d}",
+            "started_at": T0 + n,
+            "ended_at": T0 + n + 0.25,
+            "api_key_id": "key_aaa",
+            "end_user": "alice",
+            "requested_model": "gpt-4o-mini",
+            "model": "gpt-4o-mini",
+            "provider": "openai",
+            "upstream_model": "gpt-4o-mini-2024-07-18",
+            "cost_usd": "0.000015",
+            "latency_ms": 250.0,
+            "upstream_ms": 240.0,
+            "overhead_ms": 10.0,
+            "attempts": [],
+            **changes,
+        }
     )
-    return dataclasses.replace(base, **changes)
 
 
 @pytest.fixture
