@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import random
@@ -45,11 +44,8 @@ from llmrelay.observability.calllog import CallLog
 from llmrelay.observability.records import AttemptRecord, CallRecord
 from llmrelay.observability.sqlite_store import SqliteCallStore
 
-_spec = importlib.util.spec_from_file_location("overhead", Path(__file__).with_name("overhead.py"))
-assert _spec is not None and _spec.loader is not None
-overhead = importlib.util.module_from_spec(_spec)
-sys.modules["overhead"] = overhead  # dataclasses look their module up by name
-_spec.loader.exec_module(overhead)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead  # noqa: E402  (bench/ is not a package: its scripts share code this way)
 
 MODEL = overhead.MODEL
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

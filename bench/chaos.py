@@ -27,17 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +42,11 @@ import aiohttp
 import orjson
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead  # noqa: E402  (bench/ is not a package: its scripts share code this way)
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "chaos.yaml"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # About 30 tokens of echo ("You said: ..."), so a stream has ~10 chunks and a cut lands mid-answer.
 PROMPT = (
     "Summarise in two sentences why a gateway should retry a failed call on another provider, "
@@ -66,67 +63,29 @@ class CapReached(Exception):
 # --- the gateway --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Gateway:
-    process: subprocess.Popen[bytes]
+    """``llmrelay serve`` started with bench/overhead.py's process machinery."""
+
+    proc: overhead.Proc
     url: str
-    log_path: Path
 
     def cpu_s(self) -> float:
         """utime + stime of the gateway (and its embedded simulator: the same process), seconds."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return self.proc.cpu_s()
 
     def log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
+            return self.proc.log_path.read_text(errors="replace")
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=12)  # uvicorn's graceful shutdown is 10 s
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
-
-def start_gateway(config: Path, tmp: Path, holder: list[Gateway]) -> Gateway:
-    port = free_port()
-    log_path = tmp / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
-    argv = [sys.executable, "-m", "llmrelay.cli", "serve", "--config", str(config)]
-    argv += ["--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches only us, and we stop it
-        )
-    gateway = Gateway(process, f"http://127.0.0.1:{port}", log_path)
-    holder.append(gateway)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the gateway exited with {process.returncode}:\n{gateway.log()}")
-        try:
-            with urllib.request.urlopen(gateway.url + "/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    return gateway
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.05)
-    raise SystemExit(f"the gateway did not answer /healthz within 30s:\n{gateway.log()}")
+def start_gateway(config: Path, tmp: Path, procs: list[overhead.Proc]) -> Gateway:
+    port = overhead.free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = overhead.llmrelay("serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port))
+    return Gateway(overhead.start("gateway", argv, url + "/healthz", tmp, procs), url)
 
 
 def config_without_breaker(config: Path, tmp: Path) -> Path:
@@ -468,7 +427,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.alarm(int(args.cap_s) + 1)
     tmp = Path(tempfile.mkdtemp(prefix="llmrelay-chaos-"))
-    holder: list[Gateway] = []
+    holder: list[overhead.Proc] = []
     status = 0
     try:
         config = Path(args.config)
@@ -478,7 +437,7 @@ def main() -> None:
         args.config = str(config)
         gateway = start_gateway(config, tmp, holder)
         print(
-            f"gateway {gateway.url} (pid {gateway.process.pid}), config {args.config} ({note}); "
+            f"gateway {gateway.url} (pid {gateway.proc.pid}), config {args.config} ({note}); "
             f"{args.stream_share:.0%} of requests streamed",
             flush=True,
         )
