@@ -26,7 +26,6 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -265,6 +264,3 @@ def open_store(url: str, directory: Path) -> CallStore:
     from ..errors import ConfigError
 
     raise ConfigError(f"calllog.store must be sqlite:///<path> or postgresql://...; got {url!r}")
-
-
-Sink = Callable[[CallRecord], None]

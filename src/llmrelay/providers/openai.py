@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import UpstreamError
 from ..types import ChatRequest, ChatResponse, Chunk
 from . import openai_format
 
@@ -32,32 +33,23 @@ class OpenAIAdapter:
 
 
 class OpenAIStreamDecoder:
-    """OpenAI SSE -> canonical chunks. Complete once a finish_reason and the usage chunk were seen
-    (we always ask for ``include_usage``; [DONE] alone is not proof the answer is whole)."""
+    """OpenAI SSE -> canonical chunks. Complete once a finish_reason was seen: [DONE] alone is no
+    proof the answer is whole. (Missing usage is estimated by the shared HTTP path.)"""
 
     def __init__(self, model: str) -> None:
         self.model = model
         self._finished = False
-        self._usage_seen = False
 
     def feed(self, event: str | None, data: Any) -> list[Chunk]:
         if isinstance(data, dict) and "error" in data:
-            from ..errors import UpstreamError
-
             err = data["error"]
             message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             raise UpstreamError(f"Upstream error mid-stream: {message}")
         chunk = openai_format.parse_chunk(data, self.model)
         if any(c.finish_reason for c in chunk.choices):
             self._finished = True
-        if chunk.usage is not None:
-            self._usage_seen = True
         return [chunk]
 
     @property
     def complete(self) -> bool:
         return self._finished
-
-    @property
-    def usage_seen(self) -> bool:
-        return self._usage_seen
