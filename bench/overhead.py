@@ -253,6 +253,7 @@ class Run:
     total: int = 0  # every response received (CPU is divided by this)
     server_cpu_s: float | None = None  # the target's own process, when we started it
     client_cpu_s: float = 0.0
+    writer_cpu_s: float = 0.0  # a call-log writer process the target started (bench/calllog.py)
 
     @property
     def rps(self) -> float:

@@ -10,12 +10,15 @@ from decimal import Decimal
 
 import httpx
 import openai
+import orjson
 import pytest
 import yaml
 
 from llmrelay.observability.calllog import CallLog
+from llmrelay.observability.journal import Appender, pending_bytes, segment_path, segments
 from llmrelay.observability.records import CallRecord
 from llmrelay.observability.sqlite_store import SqliteCallStore
+from llmrelay.observability.writer import JournalWriter
 
 from .conftest import free_port, start_process, stop_process
 from .factories import call_record
@@ -48,29 +51,54 @@ async def wait_for(predicate, timeout=10.0):
 
 
 async def test_records_wait_in_the_journal_while_the_store_is_down(tmp_path):
-    store = FlakyStore(tmp_path / "calls.db")
-    log = CallLog(store, tmp_path / "home", batch_size=50, flush_interval_s=0.05)
-    await log.start()
-    store.down = True
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
     for i in range(300):
-        log.submit(record(i))
+        journal.append(orjson.dumps(record(i)) + b"\n")
+    store = FlakyStore(tmp_path / "calls.db")
+    await store.open()
+    store.down = True
+    writer = JournalWriter(store, home, batch_size=50, flush_interval_s=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
     await asyncio.sleep(0.3)
-    assert not log.store_healthy
+    assert not writer.store_healthy and journal.uncommitted() == 300
     store.down = False  # the database is back
     assert await wait_for(lambda: _count(store, 300))
-    await log.aclose()
+    assert journal.uncommitted() == 0
+    stop.set()
+    await task
+    journal.close()
+    await store.close()
 
 
 async def test_a_clean_shutdown_drains_everything(tmp_path):
-    store = SqliteCallStore(tmp_path / "calls.db")
-    log = CallLog(store, tmp_path / "home", batch_size=10_000, flush_interval_s=60)
+    log = CallLog("sqlite:///calls.db", tmp_path / "home", batch_size=10_000, flush_interval_s=60)
     await log.start()
     for i in range(1234):
         log.submit(record(i))
     await log.aclose()
-    reopened = SqliteCallStore(tmp_path / "calls.db")
+    assert pending_bytes(tmp_path / "home") == 0
+    reopened = SqliteCallStore(tmp_path / "home" / "calls.db")
     await reopened.open()
     assert len(await reopened.recent(limit=5000)) == 1234
+    await reopened.close()
+
+
+async def test_finished_segments_are_deleted_once_committed(tmp_path):
+    home = tmp_path / "home"
+    log = CallLog("sqlite:///calls.db", home, flush_interval_s=0.05, segment_bytes=20_000)
+    await log.start()
+    for i in range(500):
+        log.submit(record(i))
+    assert len(segments(home)[1]) > 10  # the journal went on in new segments as it grew
+    assert await wait_for(lambda: _zero(log))
+    assert segments(home)[1] == [max(segments(home)[1])]  # only the newest, still open, is left
+    await log.aclose()
+    reopened = SqliteCallStore(home / "calls.db")
+    await reopened.open()
+    assert len(await reopened.recent(limit=1000)) == 500
     await reopened.close()
 
 
@@ -78,20 +106,32 @@ async def test_a_journal_left_by_a_dead_process_is_replayed_without_duplicates(t
     home = tmp_path / "home"
     home.mkdir()
     # What a killed gateway leaves: 100 lines, of which the first 40 were already written.
-    store = SqliteCallStore(tmp_path / "calls.db")
+    store = SqliteCallStore(home / "calls.db")
     await store.open()
     await store.write([record(i) for i in range(40)])
     await store.close()
-    import orjson
-
-    with open(home / "journal-1.jsonl", "wb") as f:
+    with open(segment_path(home, 1, 1), "wb") as f:
         for i in range(100):
-            f.write(orjson.dumps(record(i).to_dict()) + b"\n")
+            f.write(orjson.dumps(record(i)) + b"\n")
         f.write(b'{"id": "req_cut-mid-line"')  # the line being written when it died
-    log = CallLog(SqliteCallStore(tmp_path / "calls.db"), home, flush_interval_s=0.05)
+    log = CallLog("sqlite:///calls.db", home, flush_interval_s=0.05)
     await log.start()
     assert await wait_for(lambda: _count(log.store, 100))
     await log.aclose()
+    assert len(await _all(home / "calls.db")) == 100
+
+
+async def _zero(log: CallLog) -> bool:
+    return log.queue_depth == 0
+
+
+async def _all(path) -> list[CallRecord]:
+    store = SqliteCallStore(path)
+    await store.open()
+    try:
+        return await store.recent(limit=100_000)
+    finally:
+        await store.close()
 
 
 async def _count(store, n: int) -> bool:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .catalog import Catalog
 from .config import Settings, with_simulator_port
 from .errors import ConfigError, InvalidRequestError
-from .observability.calllog import CallLog, open_store
+from .observability.calllog import CallLog
 from .observability.metrics import Metrics
 from .observability.recorder import Recorder, Sink
 from .pipeline import Call, Handler, Result, Stage, compose
@@ -105,7 +105,7 @@ class Relay:
             return
         directory = Path(cfg.directory).expanduser()
         self.calllog = CallLog(
-            open_store(cfg.store, directory),
+            cfg.store,
             directory,
             batch_size=cfg.batch_size,
             flush_interval_s=cfg.flush_interval_s,

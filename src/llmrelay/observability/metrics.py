@@ -5,20 +5,19 @@ Each ``Metrics`` owns its ``CollectorRegistry``: prometheus_client's global defa
 refuses a second metric of the same name, so two gateways (or two tests) in one process would
 collide on it.
 
-``observe`` runs once per call on the hot path. ``Counter.labels()`` validates and locks on every
-call (~1 us each, and a call touches up to a dozen series), so the labelled children are cached
-here in plain dicts keyed by the label tuple: after the first call of a kind, a series costs one
-dict lookup plus prometheus_client's own ``inc``/``observe``.
+``observe`` runs once per call on the hot path, so it only adds to plain dicts keyed by the label
+values; the metric families are built from them at scrape time (``Metrics.collect``).
 """
 
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .records import CallRecord
@@ -120,11 +119,32 @@ def _depth_family() -> GaugeMetricFamily:
     )
 
 
-class Metrics:
+class _Histogram:
+    """One histogram series: per-bucket counts (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, n_buckets: int) -> None:
+        self.counts = [0] * (n_buckets + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def family_buckets(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+        cumulative, total = [], 0
+        for bound, count in zip((*map(str, bounds), "+Inf"), self.counts, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        return cumulative
+
+
+class Metrics(Collector):
     """Prometheus metrics of one gateway. ``observe`` each finished call; ``render`` for /metrics.
 
     ``breakers`` (anything with ``snapshot()``, e.g. ``LocalBreakers``) and ``queue_depth`` are
     read at scrape time. ``max_label_values`` caps the distinct values of client-chosen labels.
+
+    ``observe`` runs once per call on the event loop, so it only adds to plain dicts keyed by the
+    label values (~2 us a call); the Prometheus families are built from them when scraped.
+    prometheus_client's own counters lock and validate on every increment, which cost ~3x more.
     """
 
     def __init__(
@@ -134,146 +154,171 @@ class Metrics:
         queue_depth: Callable[[], int] | None = None,
         max_label_values: int = DEFAULT_MAX_LABEL_VALUES,
     ) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "llmrelay_requests_total",
-            "Client calls, by outcome.",
-            ["model", "requested_model", "api_key", "status", "api_format", "stream"],
-            registry=r,
-        )
-        self.tokens = Counter(
-            "llmrelay_tokens_total", "Tokens, by kind.", ["model", "api_key", "kind"], registry=r
-        )
-        self.cost = Counter(
-            "llmrelay_cost_usd_total", "Cost of the calls in US dollars.", ["model", "api_key"], registry=r
-        )
-        self.attempts = Counter(
-            "llmrelay_upstream_attempts_total",
-            "Upstream attempts, by outcome.",
-            ["model", "deployment", "outcome"],
-            registry=r,
-        )
-        self.upstream_errors = Counter(
-            "llmrelay_upstream_errors_total",
-            "Failed upstream attempts, by error class.",
-            ["deployment", "error"],
-            registry=r,
-        )
-        self.cache_hits = Counter(
-            "llmrelay_cache_hits_total", "Calls answered from the cache.", ["model", "kind"], registry=r
-        )
-        self.guardrail_blocks = Counter(
-            "llmrelay_guardrail_blocks_total", "Calls blocked by a guardrail.", ["guardrail"], registry=r
-        )
-        self.latency = Histogram(
-            "llmrelay_request_latency_seconds",
-            "Whole-call latency as the client saw it (to the last chunk for streams).",
-            ["model", "stream"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.overhead = Histogram(
-            "llmrelay_gateway_overhead_seconds",
-            "Time spent in the gateway itself: latency less time waiting on providers.",
-            buckets=OVERHEAD_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "llmrelay_time_to_first_token_seconds",
-            "Time to the first streamed token.",
-            ["model"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
-        if breakers is not None or queue_depth is not None:
-            r.register(_Gauges(breakers, queue_depth))
-
         self._requested_model = _Capped(max_label_values)
         self._api_key = _Capped(max_label_values)
-        # Label tuple -> labelled child (see the module docstring for why).
-        self._requests: dict[tuple[str, ...], Any] = {}
-        self._per_key: dict[tuple[str, str], tuple[Any, ...]] = {}  # 5 token kinds, then cost
-        self._latency: dict[tuple[str, str], Any] = {}
-        self._ttft: dict[str, Any] = {}
-        self._attempts: dict[tuple[str, str, str], Any] = {}
-        self._errors: dict[tuple[str, str], Any] = {}
+        # Label values -> count (or per-kind counts, or a histogram).
+        self._requests: dict[tuple[str, ...], int] = {}
+        self._tokens: dict[tuple[str, str], list[int]] = {}  # (model, key) -> TOKEN_KINDS counts
+        self._cost: dict[tuple[str, str], float] = {}
+        self._attempts: dict[tuple[str, str, str], int] = {}
+        self._errors: dict[tuple[str, str], int] = {}
+        self._cache_hits: dict[tuple[str, str], int] = {}
+        self._blocks: dict[str, int] = {}
+        self._latency: dict[tuple[str, str], _Histogram] = {}
+        self._overhead = _Histogram(len(OVERHEAD_BUCKETS))
+        self._ttft: dict[str, _Histogram] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        if breakers is not None or queue_depth is not None:
+            self.registry.register(_Gauges(breakers, queue_depth))
 
     def observe(self, record: CallRecord) -> None:
         model = record.model or NONE
         api_key = self._api_key(record.api_key_id or NONE)
         stream = "true" if record.stream else "false"
+        key = (
+            model,
+            self._requested_model(record.requested_model),
+            api_key,
+            record.status,
+            record.api_format,
+            stream,
+        )
+        self._requests[key] = self._requests.get(key, 0) + 1
 
-        requested = self._requested_model(record.requested_model)
-        key = (model, requested, api_key, record.status, record.api_format, stream)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(*key)
-        child.inc()
-
-        per_key = self._per_key.get((model, api_key))
-        if per_key is None:
-            # All kinds at once, at zero: a series that first appears already non-zero loses
-            # that first increment in rate().
-            per_key = self._per_key[(model, api_key)] = (
-                *(self.tokens.labels(model, api_key, kind) for kind in TOKEN_KINDS),
-                self.cost.labels(model, api_key),
-            )
-        prompt, completion, cached, cache_write, reasoning, cost = per_key
-        if record.prompt_tokens:
-            prompt.inc(record.prompt_tokens)
-        if record.completion_tokens:
-            completion.inc(record.completion_tokens)
-        if record.cached_tokens:
-            cached.inc(record.cached_tokens)
-        if record.cache_write_tokens:
-            cache_write.inc(record.cache_write_tokens)
-        if record.reasoning_tokens:
-            reasoning.inc(record.reasoning_tokens)
+        per_key = (model, api_key)
+        tokens = self._tokens.get(per_key)
+        if tokens is None:
+            # Every kind from the first call, at zero: a series that first appears already
+            # non-zero loses that first increment in rate().
+            tokens = self._tokens[per_key] = [0, 0, 0, 0, 0]
+            self._cost[per_key] = 0.0
+        tokens[0] += record.prompt_tokens
+        tokens[1] += record.completion_tokens
+        tokens[2] += record.cached_tokens
+        tokens[3] += record.cache_write_tokens
+        tokens[4] += record.reasoning_tokens
         if record.cost_usd is not None:
-            cost.inc(float(record.cost_usd))  # float() of the Decimal's text: the same double
+            self._cost[per_key] += float(record.cost_usd)  # float() of the Decimal's text: the same double
 
-        child = self._latency.get((model, stream))
-        if child is None:
-            child = self._latency[(model, stream)] = self.latency.labels(model, stream)
-        child.observe(record.latency_ms / 1000)
-        self.overhead.observe(record.overhead_ms / 1000)
+        latency = self._latency.get((model, stream))
+        if latency is None:
+            latency = self._latency[(model, stream)] = _Histogram(len(LATENCY_BUCKETS))
+        _add(latency, LATENCY_BUCKETS, record.latency_ms / 1000)
+        _add(self._overhead, OVERHEAD_BUCKETS, record.overhead_ms / 1000)
         if record.stream and record.ttft_ms is not None:
-            child = self._ttft.get(model)
-            if child is None:
-                child = self._ttft[model] = self.ttft.labels(model)
-            child.observe(record.ttft_ms / 1000)
+            ttft = self._ttft.get(model)
+            if ttft is None:
+                ttft = self._ttft[model] = _Histogram(len(TTFT_BUCKETS))
+            _add(ttft, TTFT_BUCKETS, record.ttft_ms / 1000)
 
         for attempt in record.attempts:
             akey = (attempt.model, attempt.deployment, attempt.outcome)
-            child = self._attempts.get(akey)
-            if child is None:
-                child = self._attempts[akey] = self.attempts.labels(*akey)
-            child.inc()
+            self._attempts[akey] = self._attempts.get(akey, 0) + 1
             if attempt.outcome != "success":
                 ekey = (attempt.deployment, attempt.outcome.removeprefix("error:"))
-                child = self._errors.get(ekey)
-                if child is None:
-                    child = self._errors[ekey] = self.upstream_errors.labels(*ekey)
-                child.inc()
+                self._errors[ekey] = self._errors.get(ekey, 0) + 1
 
-        # Rare paths (a cache hit, a guardrail verdict): labels() directly, no cache needed.
         extra = record.extra
+        if not extra and record.status != "cache_hit" and record.status != "filtered":
+            return
         cache = extra.get("cache") if extra else None
         if record.status == "cache_hit" or cache in ("hit", "semantic-hit"):
-            self.cache_hits.labels(model, "semantic" if cache == "semantic-hit" else "exact").inc()
+            ckey = (model, "semantic" if cache == "semantic-hit" else "exact")
+            self._cache_hits[ckey] = self._cache_hits.get(ckey, 0) + 1
         blocked = False
-        if extra:
-            for verdict in extra.get("guardrails") or ():
-                if isinstance(verdict, dict) and verdict.get("verdict") == "block":
-                    self.guardrail_blocks.labels(str(verdict.get("name") or "unknown")).inc()
-                    blocked = True
-        if record.status == "filtered" and not blocked:
-            self.guardrail_blocks.labels("unknown").inc()  # filtered, with no verdict naming by whom
+        for verdict in (extra.get("guardrails") if extra else None) or ():
+            if isinstance(verdict, dict) and verdict.get("verdict") == "block":
+                name = str(verdict.get("name") or "unknown")
+                self._blocks[name] = self._blocks.get(name, 0) + 1
+                blocked = True
+        if record.status == "filtered" and not blocked:  # filtered, with no verdict naming by whom
+            self._blocks["unknown"] = self._blocks.get("unknown", 0) + 1
+
+    # --- scrape time ------------------------------------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterable[Metric]:
+        # list(): a snapshot, in case a scrape ever runs off the event loop while calls finish.
+        requests = CounterMetricFamily(
+            "llmrelay_requests",
+            "Client calls, by outcome.",
+            labels=["model", "requested_model", "api_key", "status", "api_format", "stream"],
+        )
+        for labels, n in list(self._requests.items()):
+            requests.add_metric(labels, n)
+        yield requests
+        tokens = CounterMetricFamily(
+            "llmrelay_tokens", "Tokens, by kind.", labels=["model", "api_key", "kind"]
+        )
+        cost = CounterMetricFamily(
+            "llmrelay_cost_usd", "Cost of the calls in US dollars.", labels=["model", "api_key"]
+        )
+        for (model, api_key), counts in list(self._tokens.items()):
+            for kind, n in zip(TOKEN_KINDS, counts, strict=True):
+                tokens.add_metric([model, api_key, kind], n)
+            cost.add_metric([model, api_key], self._cost[(model, api_key)])
+        yield tokens
+        yield cost
+        yield _counter(
+            "llmrelay_upstream_attempts",
+            "Upstream attempts, by outcome.",
+            ["model", "deployment", "outcome"],
+            self._attempts,
+        )
+        yield _counter(
+            "llmrelay_upstream_errors",
+            "Failed upstream attempts, by error class.",
+            ["deployment", "error"],
+            self._errors,
+        )
+        yield _counter(
+            "llmrelay_cache_hits", "Calls answered from the cache.", ["model", "kind"], self._cache_hits
+        )
+        yield _counter(
+            "llmrelay_guardrail_blocks",
+            "Calls blocked by a guardrail.",
+            ["guardrail"],
+            {(name,): n for name, n in list(self._blocks.items())},
+        )
+        latency = HistogramMetricFamily(
+            "llmrelay_request_latency_seconds",
+            "Whole-call latency as the client saw it (to the last chunk for streams).",
+            labels=["model", "stream"],
+        )
+        for labels, hist in list(self._latency.items()):
+            latency.add_metric(labels, hist.family_buckets(LATENCY_BUCKETS), hist.sum)
+        yield latency
+        overhead = HistogramMetricFamily(
+            "llmrelay_gateway_overhead_seconds",
+            "Time spent in the gateway itself: latency less time waiting on providers.",
+        )
+        overhead.add_metric([], self._overhead.family_buckets(OVERHEAD_BUCKETS), self._overhead.sum)
+        yield overhead
+        ttft = HistogramMetricFamily(
+            "llmrelay_time_to_first_token_seconds", "Time to the first streamed token.", labels=["model"]
+        )
+        for model, hist in list(self._ttft.items()):
+            ttft.add_metric([model], hist.family_buckets(TTFT_BUCKETS), hist.sum)
+        yield ttft
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type, for a /metrics response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _add(hist: _Histogram, bounds: tuple[float, ...], value: float) -> None:
+    hist.counts[bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value ("le")
+    hist.sum += value
+
+
+def _counter(name: str, doc: str, labels: list[str], counts: dict[Any, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, n in list(counts.items()):
+        family.add_metric(values, n)
+    return family
 
 
 __all__ = ["BREAKER_STATES", "Metrics"]

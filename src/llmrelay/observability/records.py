@@ -8,6 +8,7 @@ them, so the writer and the stores never change when a stage is added.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -117,6 +118,7 @@ CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CallRecord) if f.na
 ATTEMPT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(AttemptRecord))
 
 
+@functools.lru_cache(maxsize=4096)  # a gateway sees the same keys over and over: hash each once
 def key_id(presented: str | None) -> str | None:
     """A stable, non-reversible id for an API key: enough to group by, useless to an attacker."""
     if not presented:

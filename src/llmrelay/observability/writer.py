@@ -1,0 +1,244 @@
+"""The call-log writer: a process of its own that drains the journal into the store.
+
+The serving process only appends records to the journal (``journal.Appender``); parsing them and
+writing them to SQLite or PostgreSQL happens here, so none of that work competes with requests for
+the serving interpreter (its GIL, its event loop). The gateway starts one writer per call log
+(``CallLog.start``); several gateways sharing a directory each start one, and ``writer.lock``
+makes one of them drain every slot while the others wait to take over.
+
+    python -m llmrelay.observability.writer DIRECTORY STORE_URL [--batch-size N] ...
+
+It stops on SIGTERM, or when the process that started it is gone (even killed with SIGKILL), after
+draining what is in the journal (bounded by ``--drain-s``). SIGINT is ignored: a Ctrl-C in a
+terminal reaches the whole process group, and the gateway stops its writer itself, after its last
+record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+
+from .journal import Checkpoint, segment_path, segments
+from .records import CallRecord, CallStore
+
+log = logging.getLogger(__name__)
+
+_READ_BYTES = 4 * 1024 * 1024  # journal bytes read at a time (several batches)
+
+
+class JournalWriter:
+    """Writes every slot's journal lines to ``store`` in batches, checkpointing after each."""
+
+    def __init__(
+        self,
+        store: CallStore,
+        directory: str | Path,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        retention_s: float | None = None,
+    ) -> None:
+        self.store = store
+        self.directory = Path(directory)
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.retention_s = retention_s
+        self.store_healthy = True
+        self._last_prune = 0.0
+
+    async def run(self, stop: asyncio.Event, drain_s: float = 10.0) -> None:
+        """Drain every ``flush_interval_s`` until ``stop`` is set, then drain what is left (bounded
+        by ``drain_s``; what the store refuses by then stays in the journal for the next writer)."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self.drain()
+            except Exception as exc:  # the store is down: the records wait in the journal
+                if self.store_healthy:
+                    log.warning("call log: store write failed (%s); records wait in the journal", exc)
+                self.store_healthy = False
+                await _wait(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if not self.store_healthy:
+                log.warning("call log: store is back; journal replayed")
+            self.store_healthy, backoff = True, 0.5
+            await self._prune()
+            # Between passes records accumulate into real batches: committing every few records
+            # costs the database more than the records themselves.
+            await _wait(stop, self.flush_interval_s)
+        try:
+            await asyncio.wait_for(self.drain_until_empty(), drain_s)
+        except TimeoutError:
+            log.warning("call log: not drained within %.0f s; records stay in the journal", drain_s)
+        except Exception as exc:
+            log.warning("call log: store unavailable at shutdown (%s); records stay in the journal", exc)
+
+    async def drain_until_empty(self) -> None:
+        while await self.drain():
+            pass
+
+    async def drain(self) -> int:
+        """One pass over every slot: write all complete lines there are; how many."""
+        written = 0
+        for slot, seqs in sorted(segments(self.directory).items()):
+            written += await self._drain_slot(slot, seqs)
+        return written
+
+    async def _drain_slot(self, slot: int, seqs: list[int]) -> int:
+        done = Checkpoint.read(self.directory, slot)
+        written = 0
+        for i, seq in enumerate(seqs):
+            path = segment_path(self.directory, slot, seq)
+            if seq < done.seq:
+                path.unlink(missing_ok=True)  # committed; left by a crash between checkpoint and delete
+                continue
+            if seq > done.seq:
+                done = Checkpoint(seq, 0, 0)
+            done, n = await self._drain_segment(path, slot, done)
+            written += n
+            if i + 1 == len(seqs):
+                break  # the newest segment: its appender may still be writing to it
+            # A later segment exists, so this one is finished: move past it, then delete it.
+            left = path.stat().st_size - done.offset if path.exists() else 0
+            if left:
+                log.error("call log: skipping %d bytes of a cut line at the end of %s", left, path.name)
+            done = Checkpoint(seqs[i + 1], 0, 0)
+            done.write(self.directory, slot)
+            path.unlink(missing_ok=True)
+        return written
+
+    async def _drain_segment(self, path: Path, slot: int, done: Checkpoint) -> tuple[Checkpoint, int]:
+        written = 0
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return done, 0
+        with f:
+            f.seek(done.offset)
+            while True:
+                data = f.read(_READ_BYTES)
+                end = data.rfind(b"\n") + 1  # a line still being written is not ours to read yet
+                if not end:
+                    return done, written
+                lines = data[:end].split(b"\n")[:-1]
+                f.seek(done.offset + end)
+                for start in range(0, len(lines), self.batch_size):
+                    batch = lines[start : start + self.batch_size]
+                    await self.store.write(_parse(batch))
+                    done = Checkpoint(
+                        done.seq, done.offset + sum(map(len, batch)) + len(batch), done.lines + len(batch)
+                    )
+                    done.write(self.directory, slot)
+                    written += len(batch)
+
+    async def _prune(self) -> None:
+        if not self.retention_s or time.monotonic() - self._last_prune < 3600:
+            return
+        self._last_prune = time.monotonic()
+        try:
+            await self.store.prune(time.time() - self.retention_s)
+        except Exception as exc:  # retention can wait for the next round
+            log.warning("call log: pruning old records failed: %s", exc)
+
+
+def _parse(lines: list[bytes]) -> list[CallRecord]:
+    records = []
+    for line in lines:
+        try:
+            records.append(CallRecord.from_dict(orjson.loads(line)))
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            log.error("call log: skipping an unreadable journal line (%s): %r", exc, line[:200])
+    return records
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+# --- the process --------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from .calllog import open_store
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watch = asyncio.create_task(_watch_parent(args.parent_pid, stop))
+    directory = Path(args.directory)
+    lock_fd = os.open(directory / "writer.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        while True:  # another gateway's writer may hold the directory: wait to take over
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop.is_set():
+                    return
+                await _wait(stop, 0.25)
+        store = open_store(args.store, directory)
+        backoff = 0.5
+        while True:
+            try:
+                await store.open()
+                break
+            except Exception as exc:
+                if stop.is_set():
+                    log.warning("call log: store unavailable (%s); records stay in the journal", exc)
+                    return
+                log.warning("call log: cannot open the store (%s); retrying", exc)
+                await _wait(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+        writer = JournalWriter(
+            store,
+            directory,
+            batch_size=args.batch_size,
+            flush_interval_s=args.flush_interval_s,
+            retention_s=args.retention_s,
+        )
+        try:
+            await writer.run(stop, drain_s=args.drain_s)
+        finally:
+            await store.close()
+    finally:
+        watch.cancel()
+        os.close(lock_fd)
+
+
+async def _watch_parent(parent_pid: int | None, stop: asyncio.Event) -> None:
+    if not parent_pid:
+        return
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(0.25)
+    stop.set()  # the gateway is gone (killed?): drain what it left, then go
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m llmrelay.observability.writer", description=__doc__)
+    ap.add_argument("directory")
+    ap.add_argument("store", help="sqlite:///path or postgresql://...")
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--flush-interval-s", type=float, default=0.2)
+    ap.add_argument("--retention-s", type=float, default=None)
+    ap.add_argument("--drain-s", type=float, default=10.0)
+    ap.add_argument("--parent-pid", type=int, default=None)
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s llmrelay call-log writer: %(message)s")
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
