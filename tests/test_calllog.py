@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import openai
@@ -247,3 +248,74 @@ async def test_a_killed_gateway_loses_no_record(gateway_home, tmp_path):
         assert set(ids) <= stored
     finally:
         await store.close()
+
+
+def writer_pids(parent: int) -> list[int]:
+    """The call-log writer processes started by ``parent``."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+                cmdline = Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[1]) == parent and b"llmrelay.observability.writer" in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_a_writer_that_dies_is_restarted_and_a_killed_gateway_leaves_no_writer(gateway_home, tmp_path):
+    path, home = gateway_home
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    try:
+        (first,) = writer_pids(server.process.pid)
+        os.kill(first, signal.SIGKILL)  # the writer dies: the gateway starts another
+        deadline = time.monotonic() + 5
+        while not (others := [p for p in writer_pids(server.process.pid) if p != first]):
+            assert time.monotonic() < deadline, "the writer was not restarted"
+            await asyncio.sleep(0.1)
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+            raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+        call_id = raw.headers["x-llmrelay-request-id"]
+    finally:
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    # Its writer sees the gateway gone, commits what the journal holds, and exits.
+    deadline = time.monotonic() + 5
+    while alive(others[0]):
+        assert time.monotonic() < deadline, "the writer outlived its gateway"
+        await asyncio.sleep(0.1)
+    assert call_id in {r.id for r in await _all(home / "calls.db")}
+
+
+async def test_two_gateways_sharing_a_directory_lose_nothing_whichever_stops_first(gateway_home, tmp_path):
+    path, home = gateway_home
+    a = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    b = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    ids = []
+
+    def calls(server, n: int) -> None:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+            for _ in range(n):
+                raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+                ids.append(raw.headers["x-llmrelay-request-id"])
+
+    try:
+        calls(a, 10)
+        calls(b, 10)
+        stop_process(a)  # its writer may be the one draining both: b's takes over
+        calls(b, 10)
+    finally:
+        stop_process(a)
+        stop_process(b)
+    assert set(ids) <= {r.id for r in await _all(home / "calls.db")} and len(ids) == 30
+    assert pending_bytes(home) == 0
