@@ -319,3 +319,37 @@ async def test_two_gateways_sharing_a_directory_lose_nothing_whichever_stops_fir
         stop_process(b)
     assert set(ids) <= {r.id for r in await _all(home / "calls.db")} and len(ids) == 30
     assert pending_bytes(home) == 0
+
+
+async def test_calls_turned_away_before_the_pipeline_are_on_record_too(gateway_home, tmp_path):
+    path, home = gateway_home
+    config = yaml.safe_load(path.read_text())
+    config["server"] = {"master_key": "sk-master"}
+    path.write_text(yaml.safe_dump(config))
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    url = server.url + "/v1/chat/completions"
+    try:
+        wrong_key = httpx.post(
+            url,
+            json={"model": "gpt-4o-mini", "messages": HELLO},
+            headers={"authorization": "Bearer sk-wrong"},
+        )
+        master = {"authorization": "Bearer sk-master"}
+        bad_json = httpx.post(url, content=b"{not json", headers=master)
+        bad_field = httpx.post(
+            url, json={"model": "gpt-4o-mini", "messages": "hi", "user": "bob"}, headers=master
+        )
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-master", max_retries=0) as client:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    finally:
+        stop_process(server)
+    assert [r.status_code for r in (wrong_key, bad_json, bad_field)] == [401, 400, 400]
+    records = {r.id: r for r in await _all(home / "calls.db")}
+    assert len(records) == 4
+    auth = records[wrong_key.headers["x-llmrelay-request-id"]]
+    assert auth.status == "error:AuthenticationError" and auth.requested_model == ""  # body not read
+    assert auth.api_key_id and auth.cost_usd is None and auth.attempts == []
+    assert records[bad_json.headers["x-llmrelay-request-id"]].status == "error:InvalidRequestError"
+    field = records[bad_field.headers["x-llmrelay-request-id"]]
+    assert field.status == "error:InvalidRequestError" and field.end_user == "bob"
+    assert "messages" in field.error_message

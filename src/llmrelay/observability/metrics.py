@@ -178,7 +178,7 @@ class Metrics(Collector):
         stream = "true" if record.stream else "false"
         key = (
             model,
-            self._requested_model(record.requested_model),
+            self._requested_model(record.requested_model or NONE),
             api_key,
             record.status,
             record.api_format,

@@ -95,9 +95,12 @@ class Recorder:
         body: Any = None
         if response is not None and self.bodies != "none":
             body = response.model_dump(exclude_none=True)
-        record = CallRecord.from_call(call, bodies=self.bodies, response_body=body)
-        for sink in self.sinks:
-            try:
-                sink(record)
-            except Exception:  # a sink must never fail the call it records
-                log.exception("call record sink %r failed for %s", sink, call.id)
+        emit(self.sinks, CallRecord.from_call(call, bodies=self.bodies, response_body=body))
+
+
+def emit(sinks: Sequence[Sink], record: CallRecord) -> None:
+    for sink in sinks:
+        try:
+            sink(record)
+        except Exception:  # a sink must never fail the call it records
+            log.exception("call record sink %r failed for %s", sink, record.id)

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ulid import ULID
+
 if TYPE_CHECKING:
     from ..pipeline import Call
 
@@ -102,6 +104,41 @@ class CallRecord:
             if bodies != "none"
             else None,
             response_body=_body(response_body, bodies),
+        )
+
+    @classmethod
+    def rejected(
+        cls, *, api_format: str, principal: str | None, payload: Any, error: Exception, latency_ms: float
+    ) -> CallRecord:
+        """A call turned away before it became a request (bad key, body or JSON): still a call."""
+        fields = payload if isinstance(payload, dict) else {}
+        model, user = fields.get("model"), fields.get("user")
+        now = time.time()
+        return cls(
+            id=f"req_{ULID()}",
+            started_at=now - latency_ms / 1000,
+            ended_at=now,
+            api_format=api_format,
+            api_key_id=key_id(principal),
+            end_user=user if isinstance(user, str) else None,
+            requested_model=model if isinstance(model, str) else "",
+            model=None,
+            provider=None,
+            upstream_model=None,
+            stream=fields.get("stream") is True,
+            status=f"error:{type(error).__name__}",
+            error_message=str(error),
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached_tokens=0,
+            cache_write_tokens=0,
+            reasoning_tokens=0,
+            cost_usd=None,
+            cost_exact=True,
+            latency_ms=latency_ms,
+            ttft_ms=None,
+            upstream_ms=0.0,
+            overhead_ms=latency_ms,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,6 +36,8 @@ from ..errors import (
     MethodNotAllowedError,
     NotFoundError,
 )
+from ..observability.recorder import emit
+from ..observability.records import CallRecord
 from ..pipeline import Call, Stream
 from ..relay import Relay
 from ..types import ChatResponse
@@ -119,10 +121,7 @@ class Gateway:
 
     def _authorize(self, headers: dict[str, str]) -> str | None:
         """The caller's key (checked against the master key when one is configured)."""
-        presented = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if presented is None and auth[:7].lower() == "bearer ":
-            presented = auth[7:].strip()
+        presented = _presented_key(headers)
         if self._master_key is not None and (
             presented is None or not hmac.compare_digest(presented.encode(), self._master_key.encode())
         ):
@@ -144,21 +143,30 @@ class Gateway:
     async def _chat(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
         started = time.perf_counter()
         headers = request_headers(scope)
-        principal = self._authorize(headers)
-        body = await read_body(receive, headers, self._body_limit)
+        principal = payload = None
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InvalidRequestError(
-                "We could not parse the JSON body of your request: it is not valid JSON."
-            ) from None
-        call = Call(
-            dialect.parse(payload),
-            api_format=dialect.name,
-            headers=headers,
-            principal=principal,
-            started=started,
-        )
+            principal = self._authorize(headers)
+            body = await read_body(receive, headers, self._body_limit)
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise InvalidRequestError(
+                    "We could not parse the JSON body of your request: it is not valid JSON."
+                ) from None
+            request = dialect.parse(payload)
+        except GatewayError as error:  # turned away before the pipeline: on record all the same
+            record = CallRecord.rejected(
+                api_format=dialect.name,
+                principal=principal or _presented_key(headers),
+                payload=payload,
+                error=error,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+            emit(self.relay.sinks, record)
+            error_headers = {**error.headers(), "x-llmrelay-request-id": record.id}
+            await send_json(send, error.status, dialect.error(error), encode_headers(error_headers))
+            return
+        call = Call(request, api_format=dialect.name, headers=headers, principal=principal, started=started)
         try:
             result = await self.relay.handle(call)
             if isinstance(result, ChatResponse):
@@ -280,3 +288,11 @@ def build_app(relay: Relay, **kw: Any) -> Gateway:
 
 
 __all__ = ["Gateway", "build_app"]
+
+
+def _presented_key(headers: dict[str, str]) -> str | None:
+    presented = headers.get("x-api-key")
+    auth = headers.get("authorization", "")
+    if presented is None and auth[:7].lower() == "bearer ":
+        presented = auth[7:].strip()
+    return presented
