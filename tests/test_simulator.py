@@ -333,13 +333,18 @@ async def test_anthropic_tools(ant: anthropic.AsyncAnthropic) -> None:
 
 async def test_anthropic_prompt_caching(ant: anthropic.AsyncAnthropic) -> None:
     system = [{"type": "text", "text": LONG_TEXT + " anthropic", "cache_control": {"type": "ephemeral"}}]
-    first = await ant.messages.create(
+    # ~1600 tokens: below Haiku 4.5's minimum (4096), so never cached there.
+    short = await ant.messages.create(
         model="claude-haiku-4-5", max_tokens=50, system=system, messages=_user("q1")
+    )
+    assert short.usage.cache_creation_input_tokens == 0 and short.usage.cache_read_input_tokens == 0
+    first = await ant.messages.create(
+        model="claude-sonnet-4-6", max_tokens=50, system=system, messages=_user("q1")
     )
     assert first.usage.cache_creation_input_tokens and first.usage.cache_creation_input_tokens > 1024
     assert first.usage.cache_read_input_tokens == 0
     second = await ant.messages.create(
-        model="claude-haiku-4-5", max_tokens=50, system=system, messages=_user("q2")
+        model="claude-sonnet-4-6", max_tokens=50, system=system, messages=_user("q2")
     )
     assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
     assert second.usage.cache_creation_input_tokens == 0

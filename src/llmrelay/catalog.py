@@ -23,7 +23,7 @@ from typing import Any
 import genai_prices
 from genai_prices.types import TieredPrices
 
-from .config import ModelSettings, Price, ProviderSettings, Settings
+from .config import ModelSettings, Price, PromptCachingSettings, ProviderSettings, Settings
 from .errors import ModelNotFoundError
 from .types import Usage
 
@@ -41,6 +41,7 @@ class Deployment:
     provider: ProviderSettings
     upstream: str
     weight: float = 1.0
+    prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the model entry's, resolved
     key: str = ""  # "<provider>/<upstream>": identifies it for breakers and load balancing
 
     def __post_init__(self) -> None:
@@ -113,6 +114,9 @@ class Catalog:
 
 
 def _entry(model: ModelSettings, settings: Settings) -> ModelEntry:
+    caching = settings.prompt_caching
+    if model.prompt_caching is not None:
+        caching = model.prompt_caching.under(caching)
     deployments = tuple(
         Deployment(
             model=model.name,
@@ -120,6 +124,7 @@ def _entry(model: ModelSettings, settings: Settings) -> ModelEntry:
             provider=settings.providers[d.provider],
             upstream=d.upstream or model.upstream_id,
             weight=d.weight,
+            prompt_caching=caching,
         )
         for d in model.deployment_list()
     )

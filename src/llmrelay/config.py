@@ -49,6 +49,20 @@ class Price(_Settings):
     cache_write: float | None = None
 
 
+class PromptCachingSettings(_Settings):
+    """The providers' prompt caching (docs/prompt-caching.md): what llmrelay does with Anthropic
+    ``cache_control`` breakpoints. OpenAI caches by itself; its cached tokens are priced either way."""
+
+    # auto: keep the client's breakpoints and add ours on long stable prefixes (up to Anthropic's 4);
+    # passthrough: send the client's as they are; off: remove them (no cache-write premium).
+    mode: Literal["auto", "passthrough", "off"] = "passthrough"
+    min_tokens: int | None = Field(default=None, ge=1)  # None: the model's documented minimum
+
+    def under(self, default: PromptCachingSettings) -> PromptCachingSettings:
+        """These settings, with the fields this entry leaves unset taken from ``default``."""
+        return default.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
+
+
 class DeploymentSettings(_Settings):
     """One place a model is served: a provider (endpoint) and that provider's model id."""
 
@@ -71,6 +85,7 @@ class ModelSettings(_Settings):
     price_ref: str | None = None  # model id to look up in the price catalog; defaults to upstream
     price_provider: str | None = None  # price catalog provider id; defaults to the provider kind
     price: Price | None = None
+    prompt_caching: PromptCachingSettings | None = None  # fields left unset come from the global one
 
     @model_validator(mode="after")
     def _one_way_to_name_deployments(self) -> ModelSettings:
@@ -162,6 +177,7 @@ class Settings(_Settings):
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
     pipeline: tuple[str, ...] = ("record", "execute")
+    prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -306,6 +322,7 @@ __all__ = [
     "ExecuteSettings",
     "ModelSettings",
     "Price",
+    "PromptCachingSettings",
     "ProviderSettings",
     "ServerSettings",
     "Settings",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..catalog import Deployment
 from ..types import ChatRequest, ChatResponse
 from . import anthropic_format
 
@@ -22,8 +23,10 @@ class AnthropicAdapter:
             headers["x-api-key"] = api_key
         return headers
 
-    def build(self, request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
-        return anthropic_format.request_to_wire(request, upstream_model, stream=stream)
+    def build(self, request: ChatRequest, deployment: Deployment, *, stream: bool) -> dict[str, Any]:
+        body = anthropic_format.request_to_wire(request, deployment.upstream, stream=stream)
+        caching = deployment.prompt_caching
+        return anthropic_format.apply_prompt_caching(body, caching.mode, caching.min_tokens)
 
     def parse_response(self, body: Any, request: ChatRequest, model: str) -> ChatResponse:
         return anthropic_format.parse_response(

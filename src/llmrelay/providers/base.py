@@ -45,7 +45,7 @@ class Adapter(Protocol):
 
     def headers(self, api_key: str | None) -> dict[str, str]: ...
 
-    def build(self, request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]: ...
+    def build(self, request: ChatRequest, deployment: Deployment, *, stream: bool) -> dict[str, Any]: ...
 
     def parse_response(self, body: Any, request: ChatRequest, model: str) -> ChatResponse: ...
 
@@ -106,7 +106,7 @@ class HTTPProvider:
     async def _post(
         self, request: ChatRequest, deployment: Deployment, *, stream: bool
     ) -> aiohttp.ClientResponse:
-        body = orjson.dumps(self.adapter.build(request, deployment.upstream, stream=stream))
+        body = orjson.dumps(self.adapter.build(request, deployment, stream=stream))
         url = self._base + self.adapter.path(stream)
         with _mapped_transport_errors(self.name):
             resp = await self._client.session.post(url, data=body, headers=self._headers())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..catalog import Deployment
 from ..errors import UpstreamError
 from ..types import ChatRequest, ChatResponse, Chunk
 from . import openai_format
@@ -19,8 +20,8 @@ class OpenAIAdapter:
     def headers(self, api_key: str | None) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def build(self, request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
-        return openai_format.request_to_wire(request, upstream_model, stream=stream)
+    def build(self, request: ChatRequest, deployment: Deployment, *, stream: bool) -> dict[str, Any]:
+        return openai_format.request_to_wire(request, deployment.upstream, stream=stream)
 
     def parse_response(self, body: Any, request: ChatRequest, model: str) -> ChatResponse:
         return openai_format.parse_response(body, model)

@@ -23,7 +23,7 @@ from ..tokens import count_messages, count_text
 from ..types import ChatRequest, Usage
 from . import extras
 from .answer import Answer, decide, limit
-from .caching import MIN_CACHEABLE, CacheResult, PromptCache
+from .caching import OPENAI_MIN, CacheResult, PromptCache
 from .faults import FAULT_HEADER, FaultPicker, error_for
 from .fixed import FixedReplies, light_request
 from .render import ANTHROPIC, OPENAI, RenderedStream, Wire, build_response
@@ -43,7 +43,7 @@ class SimulatorApp:
     def __init__(self, settings: SimulatorSettings) -> None:
         self.settings = settings
         self.rules = settings.rules if settings.rules is not None else load_rules(settings.rules_path)
-        self.cache = PromptCache()
+        self.cache = PromptCache(ttl_s=settings.prompt_cache_ttl_s)
         self.faults = FaultPicker(settings.seed)
         self.fixed = FixedReplies(settings.fixed_reply) if settings.fixed_reply is not None else None
         self._ids = itertools.count(1)
@@ -148,7 +148,7 @@ class SimulatorApp:
         if self.fixed is not None:
             rendered, completion = self.fixed.get(wire, request)
         else:
-            rendered, completion = self._render(ex, wire, request)
+            rendered, completion = self._render(ex, wire, request, body)
         if isinstance(rendered, RenderedStream):
             await self._send_stream(ex, wire, rendered, fault, latency_s, per_token_s)
         else:
@@ -197,9 +197,11 @@ class SimulatorApp:
             )
         return value
 
-    def _render(self, ex: Exchange, wire: Wire, request: ChatRequest) -> tuple[bytes | RenderedStream, int]:
+    def _render(
+        self, ex: Exchange, wire: Wire, request: ChatRequest, body: dict[str, Any]
+    ) -> tuple[bytes | RenderedStream, int]:
         answer = limit(decide(request, self.rules, ex.headers.get(REPLY_HEADER)), request)
-        usage = self._usage(request, wire, answer)
+        usage = self._usage(request, wire, answer, body)
         n = next(self._ids)
         response = build_response(
             request,
@@ -213,7 +215,7 @@ class SimulatorApp:
             return wire.render_stream(request, response), usage.completion_tokens
         return orjson.dumps(wire.dialect.render(response)), usage.completion_tokens
 
-    def _usage(self, request: ChatRequest, wire: Wire, answer: Answer) -> Usage:
+    def _usage(self, request: ChatRequest, wire: Wire, answer: Answer, body: dict[str, Any]) -> Usage:
         model = request.model
         prompt = count_messages(request.messages, model) + _tool_tokens(request)
         if answer.tool_name is not None:
@@ -221,8 +223,10 @@ class SimulatorApp:
         else:
             completion = count_text(answer.text or "", model)
         cache = CacheResult()
-        if prompt > MIN_CACHEABLE:
-            cache = self.cache.anthropic(request) if wire is ANTHROPIC else self.cache.openai(request)
+        if wire is ANTHROPIC:
+            cache = self.cache.anthropic(body)  # on the wire body: breakpoints sit on its blocks
+        elif prompt >= OPENAI_MIN:
+            cache = self.cache.openai(request)
         read = min(cache.read, prompt)
         return Usage(
             prompt_tokens=prompt,

@@ -101,6 +101,8 @@ class SimulatorSettings(BaseModel):
     api_key: str | None = None  # when set, requests must carry it (Bearer or x-api-key)
     models: list[str] = list(DEFAULT_MODELS)  # listed by GET /v1/models
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # How long a cached prompt prefix lives after its last use (Anthropic "ttl": "1h" marks: 12x).
+    prompt_cache_ttl_s: float = Field(default=300, gt=0)
 
     @field_validator("faults", mode="before")
     @classmethod

@@ -13,10 +13,11 @@ canonical ``prompt_tokens`` includes them.
 
 The code is split by concern: ``client_request`` (Anthropic client body -> canonical),
 ``upstream_request`` (canonical -> Anthropic body, incl. the forced JSON tool), ``responses``,
-``streams``, ``errors``; ``_common`` holds the helpers and mappings several of them share (and
+``streams``, ``errors``, ``caching`` (prompt-caching breakpoints); ``_common`` holds the helpers and mappings several of them share (and
 ``_now``, the one clock every module reads, so a test can freeze it in one place).
 """
 
+from .caching import apply_prompt_caching, min_cacheable_tokens
 from .client_request import parse_request
 from .errors import error_message_from_wire, error_to_wire
 from .responses import parse_response, response_to_wire
@@ -29,8 +30,10 @@ __all__ = [
     "JSON_TOOL",
     "StreamDecoder",
     "StreamEncoder",
+    "apply_prompt_caching",
     "error_message_from_wire",
     "error_to_wire",
+    "min_cacheable_tokens",
     "parse_request",
     "parse_response",
     "request_to_wire",

@@ -223,6 +223,14 @@ def _tool_result_from_wire(block: dict[str, Any], at: str) -> Message:
     if block.get("is_error"):
         # Canonical tool messages have no error flag; say it in the text the model will read.
         parts.insert(0, TextPart(text="Error: "))
+    mark = block.get("cache_control")
+    if mark is not None:
+        # Canonical tool messages have no slot for it either: it rides on the last part, and
+        # request_to_wire puts it back on the tool_result block.
+        if not isinstance(mark, dict):
+            raise _invalid(f"{at}.cache_control", "must be an object")
+        last = parts.pop() if parts else TextPart(text="")
+        parts.append(last.model_copy(update={"cache_control": mark}))
     return Message(role="tool", tool_call_id=block["tool_use_id"], content=_collapse(parts))
 
 

@@ -219,7 +219,13 @@ def _tool_result_to_wire(message: Message, where: str) -> dict[str, Any]:
     if not message.tool_call_id:
         raise _invalid(f"{where}.tool_call_id", "tool messages need the id of the call they answer")
     content = _content_to_wire(message.content, where)
-    return {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": content}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": content}
+    if isinstance(content, list) and any("cache_control" in b for b in content):
+        # A tool result's breakpoint goes on the tool_result block (where Anthropic takes it).
+        marks = [b.pop("cache_control") for b in content if "cache_control" in b]
+        block["cache_control"] = marks[-1]
+        block["content"] = [b for b in content if b.get("type") != "text" or b["text"]]
+    return block
 
 
 def _tool_to_wire(tool: Tool) -> dict[str, Any]:
