@@ -71,6 +71,56 @@ class DeploymentSettings(_Settings):
     weight: float = Field(default=1.0, gt=0)  # share of traffic under the "weighted" balance
 
 
+class SemanticCacheSettings(_Settings):
+    """The semantic cache of a route (docs/caching.md): a near-duplicate last user message, in the
+    same scope (model, system prompt, tools, parameters, earlier turns), is served the cached answer."""
+
+    enabled: bool = False
+    # Placeholder until the semantic engine's benchmark (bench/semantic_cache.py) sets the default:
+    # the right figure depends on the embedder.
+    threshold: float = Field(default=0.9, gt=0, le=1)
+
+
+class CachePolicy(_Settings):
+    """What a route caches and for how long. The global defaults live under ``cache:``; a model (the
+    client-facing name: a route, for now) overrides any of them under ``models.<name>.cache``."""
+
+    enabled: bool = True
+    ttl_s: float = Field(default=3600.0, gt=0)  # seconds, everywhere (never milliseconds)
+    shared: bool = False  # one namespace for every API key instead of one per key
+    # Cache only temperature-0 requests (an absent temperature is the provider's default, 1).
+    only_deterministic: bool = True
+    semantic: SemanticCacheSettings = SemanticCacheSettings()
+
+    def merged(self, override: CachePolicy | None) -> CachePolicy:
+        """These settings with the fields ``override`` sets (nested ``semantic`` merged too)."""
+        if override is None:
+            return self
+        update = override.model_dump(exclude_unset=True)
+        if "semantic" in update:
+            update["semantic"] = self.semantic.model_copy(
+                update=override.semantic.model_dump(exclude_unset=True)
+            )
+        return CachePolicy(**{**self.route_fields(), **update})
+
+    def route_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CachePolicy.model_fields}
+
+
+class CacheSettings(CachePolicy):
+    """The response cache: its store (global) and the default policy of every route."""
+
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)  # memory: the LRU's bound, keys and values
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=1)  # a larger answer is not stored
+    # sqlite: the database file (by default next to the call log's, in LLMRELAY_HOME or ~/.llmrelay)
+    sqlite_path: str = Field(
+        default_factory=lambda: str(Path(os.environ.get("LLMRELAY_HOME", "~/.llmrelay")) / "cache.db")
+    )
+    redis_url: str | None = None  # redis: defaults to the top-level redis_url
+    timeout_s: float = Field(default=0.5, gt=0)  # a slower store is a miss, never a failed call
+
+
 class ModelSettings(_Settings):
     name: str  # what clients send as "model"
     provider: str | None = None  # a key of Settings.providers (or give several `deployments`)
@@ -86,6 +136,7 @@ class ModelSettings(_Settings):
     price_provider: str | None = None  # price catalog provider id; defaults to the provider kind
     price: Price | None = None
     prompt_caching: PromptCachingSettings | None = None  # fields left unset come from the global one
+    cache: CachePolicy | None = None  # overrides of the global `cache:` policy for this model
 
     @model_validator(mode="after")
     def _one_way_to_name_deployments(self) -> ModelSettings:
@@ -173,10 +224,11 @@ class Settings(_Settings):
     calllog: CallLogSettings = Field(default_factory=CallLogSettings)
     metrics: bool = True  # Prometheus /metrics
     traces: TracesSettings = TracesSettings()
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
-    pipeline: tuple[str, ...] = ("record", "execute")
+    pipeline: tuple[str, ...] = ("record", "cache", "execute")
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
 
     @model_validator(mode="after")
@@ -317,6 +369,8 @@ def _sim_url(kind: ProviderKind, port: int) -> str:
 
 __all__ = [
     "BreakerConfig",
+    "CachePolicy",
+    "CacheSettings",
     "CallLogSettings",
     "DeploymentSettings",
     "ExecuteSettings",
@@ -324,6 +378,7 @@ __all__ = [
     "Price",
     "PromptCachingSettings",
     "ProviderSettings",
+    "SemanticCacheSettings",
     "ServerSettings",
     "Settings",
     "SimulatorRef",

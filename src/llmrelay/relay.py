@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from .cache import CacheStage
 from .catalog import Catalog
 from .config import Settings, with_simulator_port
 from .errors import ConfigError, InvalidRequestError
@@ -31,9 +32,11 @@ from .types import ChatRequest, ChatResponse, Chunk
 log = logging.getLogger(__name__)
 
 StageFactory = Callable[["Relay"], Stage]
+_Closable = TypeVar("_Closable", bound=Any)  # a stage with ``async def aclose()``
 
 STAGES: dict[str, StageFactory] = {
     "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
+    "cache": lambda relay: relay.owned(CacheStage.from_relay(relay)),
     "execute": lambda relay: Executor(relay.catalog, relay.providers, relay.settings.execute, relay.breakers),
 }
 
@@ -65,12 +68,17 @@ class Relay:
         self.tracer: Any = None  # observability.tracing.Tracer when traces are configured
         self.sinks: list[Sink] = []  # what every finished call's record is handed to
         self._start_lock = asyncio.Lock()  # the first calls may arrive together: start once
+        self._closers: list[Callable[[], Awaitable[None]]] = []  # of stages holding resources
 
     async def start(self) -> Relay:
         """Start the embedded simulator if the config uses it, then build the pipeline once."""
         async with self._start_lock:
             if self._handler is None:
-                await self._start()
+                try:
+                    await self._start()
+                except BaseException:  # e.g. a stage's config error: stop what did start
+                    await self.aclose()
+                    raise
         return self
 
     async def _start(self) -> None:
@@ -135,6 +143,11 @@ class Relay:
             )
             self.sinks.append(self.tracer.observe)
 
+    def owned(self, stage: _Closable) -> _Closable:
+        """``stage``, closed (``await stage.aclose()``) when this relay closes."""
+        self._closers.append(stage.aclose)
+        return stage
+
     def _stage(self, name: str) -> Stage:
         try:
             return STAGES[name](self)
@@ -142,6 +155,8 @@ class Relay:
             raise ConfigError(f"Unknown pipeline stage {name!r}; known stages: {', '.join(STAGES)}") from None
 
     async def aclose(self) -> None:
+        while self._closers:
+            await self._closers.pop()()
         if self.calllog is not None:
             await self.calllog.aclose()  # drains what the calls left (they are all over by now)
             self.calllog = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from ..catalog import Catalog
@@ -38,7 +39,8 @@ class Recorder:
         if isinstance(result, ChatResponse):
             self._finish(call, usage=result.usage, response=result)
             return result
-        self._describe_model(call, answering=1)  # a stream's headers leave before its cost is known
+        # A stream's headers leave before its cost is known; one served by the cache has no attempt.
+        self._describe_model(call, answering=0 if call.status == "cache_hit" else 1)
         return self._recorded(call, result)
 
     async def _recorded(self, call: Call, chunks: Stream) -> Stream:
@@ -80,8 +82,16 @@ class Recorder:
         call.usage = usage
         call.usage_estimated = usage is not None and usage.estimated
         call.error = error
-        call.status = status or (f"error:{type(error).__name__}" if error else "success")
-        if usage is not None and call.deployment is not None:
+        cache_hit = call.status == "cache_hit"  # set by the cache stage: no provider was paid
+        if status is not None:
+            call.status = status
+        elif error is not None:
+            call.status = f"error:{type(error).__name__}"
+        elif call.status == "pending":  # else a status a stage set (cache_hit, filtered) stands
+            call.status = "success"
+        if cache_hit:
+            call.cost_usd = Decimal(0)
+        elif usage is not None and call.deployment is not None:
             call.cost_usd = self.catalog.cost(call.deployment, usage)
         headers = call.response_headers
         self._describe_model(call)
