@@ -519,6 +519,7 @@ class Gateway:
                 "upstream": {"kind": "openai", "base_url": f"http://127.0.0.1:{self.upstream_port}/v1"}
             },
             "models": [{"name": MODEL, "provider": "upstream"}],
+            "pipeline": ["record", "execute"],  # no cache: it would answer the fixed body itself
             "metrics": self.metrics,
             "calllog": {"enabled": False},
         }

@@ -221,6 +221,9 @@ def start_gateway(upstream_url: str, tmp: Path, procs: list[Proc]) -> tuple[Proc
             {
                 "providers": {"upstream": {"kind": "openai", "base_url": upstream_url + "/v1"}},
                 "models": [{"name": MODEL, "provider": "upstream"}],
+                # Without the cache stage: it would answer this fixed temperature-0 body from
+                # memory (bench/cache.py measures that).
+                "pipeline": ["record", "execute"],
                 # The pipeline's own cost, comparable across versions; bench/calllog.py measures
                 # what the call log and metrics add on top.
                 "calllog": {"enabled": False, "directory": str(tmp)},
