@@ -45,22 +45,27 @@ BODY = overhead.BODY  # system + user message, max_tokens 32, temperature 0
 
 
 class CountingWrk(overhead.Wrk):
-    """wrk whose every request carries a new number in its user message: each one a cache miss."""
+    """wrk whose every request carries a new number in its user message: each one a cache miss
+    (and a run's numbers are prefixed with the time it started, so no run repeats another's)."""
 
     name = "wrk (1 thread, Lua POST script, a new body per request)"
 
     def __init__(self, tmp: Path, body: dict[str, Any], key: str) -> None:
-        messages = [*body["messages"][:-1], {"role": "user", "content": f"{time.time_ns()} %d"}]
-        template = json.dumps({**body, "messages": messages}, separators=(",", ":"))
-        assert template.count("%") == 1  # the one placeholder for string.format
-        super().__init__(tmp, template.encode(), key)
+        self.template = body
+        super().__init__(tmp, b"", key)
+
+    def run(self, url: str, n: int, concurrency: int) -> overhead.Run:
+        messages = [*self.template["messages"][:-1], {"role": "user", "content": f"{time.time_ns()} %d"}]
+        self.body = json.dumps({**self.template, "messages": messages}, separators=(",", ":"))
+        assert self.body.count("%") == 1  # the one placeholder for string.format
+        self._scripts.clear()
+        return super().run(url, n, concurrency)
 
     def _script(self, limit: int) -> Path:
         path = super()._script(limit)
-        if "function request()" not in path.read_text():
-            path.write_text(
-                path.read_text()
-                + f"""
+        path.write_text(
+            path.read_text()
+            + f"""
 local template = [==[{self.body}]==]
 local n = 0
 function request()
@@ -68,7 +73,7 @@ function request()
   return wrk.format(nil, nil, nil, string.format(template, n))
 end
 """
-            )
+        )
         return path
 
 

@@ -191,3 +191,21 @@ async def test_replicas_share_entries_through_redis(simulator):
             response = await replica.handle(call)
             seen.append((call.response_headers["x-llmrelay-cache"], response.id))
     assert [s[0] for s in seen] == ["miss", "hit"] and seen[0][1] == seen[1][1]
+
+
+async def test_entries_outlive_a_restart_but_not_a_change_of_upstream(simulator, tmp_path):
+    """SQLite keeps entries across restarts; pointing the model at another upstream retires them."""
+    config = gateway_config(simulator.url)
+    config["cache"] = {"backend": "sqlite", "sqlite_path": str(tmp_path / "cache.db")}
+    body = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "restart"}]}
+
+    async def status(cfg: dict) -> str:
+        async with Relay(cfg) as relay:
+            call = Call(openai_format.parse_request(body))
+            await relay.handle(call)
+            return call.response_headers["x-llmrelay-cache"]
+
+    assert await status(config) == "miss"
+    assert await status(config) == "hit"
+    config["models"][0]["upstream"] = "gpt-4o"
+    assert await status(config) == "miss"

@@ -24,7 +24,7 @@ from ..config import CachePolicy
 from ..errors import ConfigError, ModelNotFoundError
 from ..pipeline import Call, Handler, Result, Stream
 from ..types import ChatResponse
-from .backends import build_backend
+from .backends import MemoryBackend, build_backend
 from .base import CacheBackend, SemanticIndex
 from .entries import Assembler, Entry, chunks_of
 from .keys import Keys, deterministic, namespace
@@ -58,9 +58,16 @@ class CacheStage:
         self.backend = backend
         self.catalog = catalog
         self.policies = dict(policies)  # model name -> its policy; a model without one is not cached
+        # What serves each model, in its keys: point a name at another upstream in the config and
+        # its old answers are no longer served for it.
+        self.upstreams = {
+            name: ",".join(sorted(d.key for d in catalog.get(name).deployments)) for name in self.policies
+        }
         self.semantic = semantic
         self.max_entry_bytes = max_entry_bytes
         self.timeout_s = timeout_s
+        # A store in this process answers at once: no timer per call for it (~5 us each).
+        self._store_timeout: float | None = None if isinstance(backend, MemoryBackend) else timeout_s
         self._warned_at = -_WARN_EVERY_S
 
     @classmethod
@@ -97,7 +104,8 @@ class CacheStage:
             _mark(call, "bypass")
             return await next(call)
         semantic = self.semantic is not None and policy.semantic.enabled
-        keys = Keys.of(call.request, namespace(call.principal, policy.shared), semantic=semantic)
+        space = f"{namespace(call.principal, policy.shared)}|{self.upstreams[call.request.model]}"
+        keys = Keys.of(call.request, space, semantic=semantic)
         if control.no_cache:
             _mark(call, "refresh")
         else:
@@ -120,9 +128,8 @@ class CacheStage:
         kind, similarity = "hit", None
         if entry is None and keys.scope is not None and self.semantic is not None:
             assert keys.query is not None
-            found = await self._guarded(
-                self.semantic.search(keys.scope, keys.query, policy.semantic.threshold)
-            )
+            search = self.semantic.search(keys.scope, keys.query, policy.semantic.threshold)
+            found = await self._guarded(search, self.timeout_s)
             if found is not None:
                 entry_key, similarity = found
                 entry = await self._get(entry_key)
@@ -145,7 +152,7 @@ class CacheStage:
         return _replay(call, entry.response) if call.stream else entry.response
 
     async def _get(self, key: str) -> Entry | None:
-        data = await self._guarded(self.backend.get(key))
+        data = await self._guarded(self.backend.get(key), self._store_timeout)
         return Entry.decode(data) if data is not None else None
 
     def _answered_by(self, call: Call, entry: Entry) -> None:
@@ -182,17 +189,19 @@ class CacheStage:
         data = entry.encode()
         if len(data) > self.max_entry_bytes:
             return
-        await self._guarded(self.backend.set(keys.exact, data, policy.ttl_s))
+        await self._guarded(self.backend.set(keys.exact, data, policy.ttl_s), self._store_timeout)
         if keys.scope is not None and self.semantic is not None:
             assert keys.query is not None
             # (Had the write above failed, a later match would find no entry: a plain miss.)
-            await self._guarded(self.semantic.add(keys.scope, keys.query, keys.exact, policy.ttl_s))
+            await self._guarded(
+                self.semantic.add(keys.scope, keys.query, keys.exact, policy.ttl_s), self.timeout_s
+            )
 
-    async def _guarded(self, operation: Awaitable[T]) -> T | None:
-        """``operation``'s result within the store timeout, or None when it fails or is too slow
-        (then one warning a minute at most): an outage of the store only costs its savings."""
+    async def _guarded(self, operation: Awaitable[T], timeout_s: float | None) -> T | None:
+        """``operation``'s result within ``timeout_s``, or None when it fails or is too slow (then
+        one warning a minute at most): an outage of the store or index only costs its savings."""
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 return await operation
         except Exception as exc:
             now = time.monotonic()
