@@ -77,6 +77,60 @@ end
         return path
 
 
+def stage_cost(n: int = 20_000, rounds: int = 5) -> None:
+    """CPU time the cache stage itself adds per call, in-process (no HTTP, no upstream: the next
+    stage returns a fixed answer), on a miss (key, lookup, store) and on a hit (key, lookup, read
+    back). CPU time rather than wall time: it hardly moves with the machine's other load."""
+    import asyncio
+
+    from llmrelay.cache import CacheStage, MemoryBackend
+    from llmrelay.catalog import Catalog
+    from llmrelay.config import Settings
+    from llmrelay.pipeline import Call
+    from llmrelay.providers import openai_format
+
+    settings = Settings.from_dict(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:1/v1"}},
+            "models": [{"name": overhead.MODEL, "provider": "p"}],
+        }
+    )
+    catalog = Catalog(settings)
+    entry = catalog.get(overhead.MODEL)
+    answer = openai_format.parse_response(overhead.UPSTREAM_REPLY, overhead.MODEL)
+
+    async def upstream(call: Call) -> Any:
+        call.model, call.deployment = entry, entry.deployments[0]
+        return answer
+
+    async def run() -> tuple[float, float]:
+        stage = CacheStage(MemoryBackend(1 << 30), catalog, {overhead.MODEL: settings.cache.merged(None)})
+        requests = [
+            openai_format.parse_request(
+                {**BODY, "messages": [*BODY["messages"][:-1], {"role": "user", "content": f"{i}"}]}
+            )
+            for i in range(n)
+        ]
+        t = time.process_time()
+        for r in requests:
+            await upstream(Call(r))
+        base = time.process_time() - t
+        spent = []
+        for _ in range(2):  # misses, then the same requests again: hits
+            t = time.process_time()
+            for r in requests:
+                await stage(Call(r, principal="sk-bench"), upstream)
+            spent.append((time.process_time() - t - base) / n * 1e6)
+        return spent[0], spent[1]
+
+    runs = [asyncio.run(run()) for _ in range(rounds)]
+    miss = overhead.median([r[0] for r in runs])
+    hit = overhead.median([r[1] for r in runs])
+    print(
+        f"cache stage CPU per call, in-process (median of {rounds} x {n}): miss {miss:.1f} us, hit {hit:.1f} us"
+    )
+
+
 def redis_reachable() -> bool:
     parts = urlsplit(REDIS_URL)
     try:
@@ -167,6 +221,7 @@ def main() -> None:
         print(f"no Redis at {REDIS_URL}: the redis store is skipped", file=sys.stderr)
         args.stores.remove("redis")
 
+    stage_cost()
     key = "sk-bench"
     plain = json.dumps(BODY, separators=(",", ":")).encode()
     streamed = json.dumps({**BODY, "stream": True}, separators=(",", ":")).encode()

@@ -16,7 +16,11 @@ import openai
 import pytest
 import yaml
 
+from llmrelay import Relay
+from llmrelay import relay as relay_module
 from llmrelay.observability.sqlite_store import SqliteCallStore
+from llmrelay.pipeline import Call
+from llmrelay.providers import openai_format
 
 from .conftest import free_port, gateway_config, start_process, stop_process
 
@@ -39,6 +43,7 @@ def cache_config(simulator_url: str, home) -> dict:
         {"name": "any-temperature", **base, "cache": {"only_deterministic": False}},
         {"name": "one-second", **base, "cache": {"ttl_s": 1}},
         {"name": "uncached", **base, "cache": {"enabled": False}},
+        {"name": "slow", "provider": "up-openai", "upstream": "slow-cache"},  # ~0.6 s per 3 tokens
         {
             "name": "flaky",
             "provider": "up-openai",
@@ -319,3 +324,35 @@ def test_errors_cut_streams_and_fallback_answers_are_not_cached(client):
         assert raw.headers["x-llmrelay-cache"] == "miss"
         with pytest.raises(openai.APIError):
             list(raw.parse())
+
+
+def test_a_stream_the_client_leaves_is_not_stored(client):
+    messages = unique("cut")
+    for expected in ("miss", "miss"):
+        raw = client.chat.completions.with_raw_response.create(
+            model="slow", messages=messages, temperature=0, stream=True
+        )
+        assert raw.headers["x-llmrelay-cache"] == expected
+        chunks = raw.parse()
+        next(c for c in chunks if c.choices and c.choices[0].delta.content)  # some of it, then leave
+        chunks.close()
+
+
+async def test_an_answer_a_later_stage_filtered_is_not_stored(simulator, monkeypatch):
+    """An output guardrail marks what it filtered with status "filtered"; the cache keeps none of it."""
+
+    class MarkFiltered:
+        async def __call__(self, call: Call, next):
+            result = await next(call)
+            call.status = "filtered"
+            return result
+
+    monkeypatch.setitem(relay_module.STAGES, "mark-filtered", lambda relay: MarkFiltered())
+    config = gateway_config(simulator.url)
+    config["pipeline"] = ["record", "cache", "mark-filtered", "execute"]
+    body = {"model": "gpt-4o-mini", "temperature": 0, "messages": unique()}
+    async with Relay(config) as relay:
+        for _ in range(2):
+            call = Call(openai_format.parse_request(body))
+            await relay.handle(call)
+            assert call.response_headers["x-llmrelay-cache"] == "miss" and call.status == "filtered"

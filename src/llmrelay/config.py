@@ -93,18 +93,14 @@ class CachePolicy(_Settings):
     semantic: SemanticCacheSettings = SemanticCacheSettings()
 
     def merged(self, override: CachePolicy | None) -> CachePolicy:
-        """These settings with the fields ``override`` sets (nested ``semantic`` merged too)."""
-        if override is None:
-            return self
-        update = override.model_dump(exclude_unset=True)
-        if "semantic" in update:
-            update["semantic"] = self.semantic.model_copy(
-                update=override.semantic.model_dump(exclude_unset=True)
-            )
-        return CachePolicy(**{**self.route_fields(), **update})
-
-    def route_fields(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in CachePolicy.model_fields}
+        """This policy with the fields ``override`` sets (in ``semantic`` too) replaced."""
+        fields = {name: getattr(self, name) for name in CachePolicy.model_fields}
+        if override is not None:
+            update = override.model_dump(exclude_unset=True)
+            if "semantic" in update:
+                update["semantic"] = self.semantic.model_copy(update=update["semantic"])
+            fields.update(update)
+        return CachePolicy(**fields)
 
 
 class CacheSettings(CachePolicy):

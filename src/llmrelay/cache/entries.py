@@ -5,7 +5,6 @@ stream), so either kind of request is served from either kind of entry."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -54,7 +53,7 @@ class Entry:
                 cost_usd=None if cost is None else Decimal(cost),
                 deployment=raw["deployment"],
             )
-        except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, ValueError, ArithmeticError):
+        except (ValueError, KeyError, TypeError, ArithmeticError):  # JSON and pydantic errors are ValueErrors
             return None
 
 
@@ -76,14 +75,8 @@ def chunks_of(response: ChatResponse) -> list[Chunk]:
             out.append(chunk(i, Delta(refusal=message.refusal)))
         for n, call in enumerate(message.tool_calls or ()):
             function = {"name": call.function.name, "arguments": call.function.arguments}
-            out.append(
-                chunk(
-                    i,
-                    Delta(
-                        tool_calls=[ToolCallDelta(index=n, id=call.id, type="function", function=function)]
-                    ),
-                )
-            )
+            delta = ToolCallDelta(index=n, id=call.id, type="function", function=function)
+            out.append(chunk(i, Delta(tool_calls=[delta])))
         out.append(chunk(i, Delta(), choice.finish_reason))
     out.append(Chunk(id=response.id, created=response.created, model=response.model, usage=response.usage))
     return out
@@ -138,17 +131,13 @@ class Assembler:
         try:
             choices = [
                 Choice(index=i, message=_message(c), finish_reason=c.finish)
-                for i, c in _sorted(self._choices)
+                for i, c in sorted(self._choices.items())
             ]
         except ValidationError:
             return None  # a tool call without its id or name: not something to replay
         return ChatResponse(
             id=head.id, created=head.created, model=head.model, choices=choices, usage=self._usage
         )
-
-
-def _sorted(choices: dict[int, _Choice]) -> Iterable[tuple[int, _Choice]]:
-    return sorted(choices.items())
 
 
 def _message(choice: _Choice) -> Message:

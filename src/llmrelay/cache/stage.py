@@ -78,11 +78,12 @@ class CacheStage:
             policy = settings.merged(entry.settings.cache)
             if policy.enabled:
                 policies[entry.name] = policy
+        backend = build_backend(settings, relay.settings.redis_url)
         semantic = None
         if any(p.semantic.enabled for p in policies.values()):
             semantic = build_semantic_index(relay)
         return cls(
-            build_backend(settings, relay.settings.redis_url),
+            backend,
             relay.catalog,
             policies,
             semantic=semantic,
@@ -201,6 +202,8 @@ class CacheStage:
         """``operation``'s result within ``timeout_s``, or None when it fails or is too slow (then
         one warning a minute at most): an outage of the store or index only costs its savings."""
         try:
+            if timeout_s is None:
+                return await operation
             async with asyncio.timeout(timeout_s):
                 return await operation
         except Exception as exc:
