@@ -11,10 +11,10 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -27,6 +27,9 @@ ALL_CAPABILITIES: tuple[Capability, ...] = ("tools", "json", "json_schema", "vis
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_SettingsT = TypeVar("_SettingsT", bound=_Settings)
 
 
 class ProviderSettings(_Settings):
@@ -117,6 +120,117 @@ class CacheSettings(CachePolicy):
     timeout_s: float = Field(default=0.5, gt=0)  # a slower store is a miss, never a failed call
 
 
+def _off(value: Any) -> Any:
+    return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+
+GuardMode = Annotated[Literal["off", "block", "flag", "log"], BeforeValidator(_off)]
+PiiMode = Annotated[Literal["off", "redact", "block", "flag", "log"], BeforeValidator(_off)]
+
+
+class InputLimitsGuard(_Settings):
+    """Caps on a request's input (guardrails/limits.py); over one: 400 ``guardrail_input_limit``."""
+
+    max_chars: int | None = Field(default=None, ge=1)  # message texts and tool-call arguments
+    max_tokens: int | None = Field(default=None, ge=1)  # prompt tokens, counted offline (tiktoken)
+    mode: GuardMode = "block"
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off" and (self.max_chars is not None or self.max_tokens is not None)
+
+
+class InjectionGuard(_Settings):
+    """Prompt-injection and jailbreak detection on user messages and tool results."""
+
+    mode: GuardMode = "off"
+    threshold: float = Field(default=0.5, gt=0, lt=1)  # the detector's score from which it flags
+    # latest: the turn's new input (what follows the last assistant message; earlier turns were
+    # checked when they were new); all: every user message and tool result, every time.
+    scan: Literal["latest", "all"] = "latest"
+    tool_results: bool = True  # indirect injection: text a tool fetched (a web page, a document)
+
+
+class ModerationGuard(_Settings):
+    """Harmful-content checks before (input) and after (output) the call."""
+
+    input: GuardMode = "off"
+    output: GuardMode = "off"
+    # An OpenAI-kind provider whose /moderations endpoint to call; None: the local rule set.
+    provider: str | None = None
+    model: str = "omni-moderation-latest"
+    categories: tuple[str, ...] = ()  # only these (and their subcategories) count; () = all
+    timeout_s: float = Field(default=5.0, gt=0)
+    on_error: Literal["allow", "block"] = "allow"  # when the moderation endpoint fails
+    # Streams: check the whole answer before sending any of it (no streaming latency benefit),
+    # instead of checking it at its end and ending the stream with an error event when it fails.
+    hold_streams: bool = False
+
+
+class PiiGuard(_Settings):
+    """PII and secrets in the input (before it goes upstream) and in the answer."""
+
+    input: PiiMode = "off"
+    output: PiiMode = "off"
+    types: tuple[str, ...] = ()  # e.g. [EMAIL, CREDIT_CARD] or the groups [pii], [secrets]; () = all
+
+
+class JsonGuard(_Settings):
+    """JSON enforcement: parse (code fences stripped), validate against the schema, re-ask once."""
+
+    mode: GuardMode = "off"  # block: no valid JSON after the re-ask is a 502 guardrail_json
+    when: Literal["requested", "always"] = "requested"  # requested: response_format asks for JSON
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # used when the request has none
+    reask: bool = True
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class GuardrailPolicy(_Settings):
+    """What the guardrail stages check on a route, and what they do about it (docs/guardrails.md).
+
+    The global policy lives under ``guardrails:``; a model (the client-facing name: a route) sets
+    any field under ``models.<name>.guardrails``, and the rest comes from the global one. An API
+    key's policy (issue #9) is one more override on top: ``policy.merged(model).merged(key)``.
+    """
+
+    limits: InputLimitsGuard = InputLimitsGuard()
+    injection: InjectionGuard = InjectionGuard()
+    moderation: ModerationGuard = ModerationGuard()
+    pii: PiiGuard = PiiGuard()
+    json_: JsonGuard = Field(default=JsonGuard(), alias="json")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def merged(self, override: GuardrailPolicy | None) -> GuardrailPolicy:
+        """This policy with every field ``override`` sets replaced, nested sections field by field
+        (a ``json.schema`` is replaced whole, not merged)."""
+        return self if override is None else _overlay(self, override)
+
+    @property
+    def input_on(self) -> bool:
+        return (
+            self.limits.on
+            or self.injection.mode != "off"
+            or self.moderation.input != "off"
+            or self.pii.input != "off"
+        )
+
+    @property
+    def output_on(self) -> bool:
+        return self.moderation.output != "off" or self.pii.output != "off" or self.json_.mode != "off"
+
+
+def _overlay(base: _SettingsT, override: _SettingsT) -> _SettingsT:
+    update: dict[str, Any] = {}
+    for name in override.model_fields_set:
+        value, current = getattr(override, name), getattr(base, name)
+        if isinstance(value, _Settings) and isinstance(current, _Settings):
+            value = _overlay(current, value)
+        update[name] = value
+    return base.model_copy(update=update)
+
+
 class ModelSettings(_Settings):
     name: str  # what clients send as "model"
     provider: str | None = None  # a key of Settings.providers (or give several `deployments`)
@@ -133,6 +247,7 @@ class ModelSettings(_Settings):
     price: Price | None = None
     prompt_caching: PromptCachingSettings | None = None  # fields left unset come from the global one
     cache: CachePolicy | None = None  # overrides of the global `cache:` policy for this model
+    guardrails: GuardrailPolicy | None = None  # overrides of the global `guardrails:` policy
 
     @model_validator(mode="after")
     def _one_way_to_name_deployments(self) -> ModelSettings:
@@ -224,7 +339,9 @@ class Settings(_Settings):
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
-    pipeline: tuple[str, ...] = ("record", "cache", "execute")
+    guardrails: GuardrailPolicy = GuardrailPolicy()  # the default of every model (docs/guardrails.md)
+    # A guard stage with nothing to do on any model is left out of the chain (no cost at all).
+    pipeline: tuple[str, ...] = ("record", "guard_input", "cache", "guard_output", "execute")
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
 
     @model_validator(mode="after")
@@ -243,7 +360,41 @@ class Settings(_Settings):
                     raise ValueError(
                         f"model {m.name!r} falls back to {fallback!r}, which is not another model here"
                     )
+        self._check_guardrails()
         return self
+
+    def _check_guardrails(self) -> None:
+        policies = [("guardrails", self.guardrails)] + [
+            (f"models.{m.name}.guardrails", self.guardrails.merged(m.guardrails))
+            for m in self.models
+            if m.guardrails is not None
+        ]
+        for where, policy in policies:
+            name = policy.moderation.provider
+            if name is not None and (policy.moderation.input != "off" or policy.moderation.output != "off"):
+                provider = self.providers.get(name)
+                if provider is None or provider.kind != "openai":
+                    raise ValueError(
+                        f"{where}.moderation.provider: {name!r} is not an OpenAI-kind provider here "
+                        "(only OpenAI's API has a moderation endpoint); leave it unset for the local rules"
+                    )
+        stages = self.pipeline
+        for stage, needed in (
+            ("guard_input", any(p.input_on for _, p in policies)),
+            ("guard_output", any(p.output_on for _, p in policies)),
+        ):
+            if needed and stage not in stages:
+                raise ValueError(
+                    f"pipeline: guardrails are configured but the pipeline has no {stage!r} stage"
+                )
+
+        def before(a: str, b: str) -> bool:
+            return a not in stages or b not in stages or stages.index(a) < stages.index(b)
+
+        # Outside the cache, a cached answer would skip the input checks; inside it, what the cache
+        # keeps is the checked (redacted, validated) answer.
+        if not (before("guard_input", "cache") and before("cache", "guard_output")):
+            raise ValueError("pipeline: the order must be guard_input, then cache, then guard_output")
 
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -370,6 +521,7 @@ __all__ = [
     "CallLogSettings",
     "DeploymentSettings",
     "ExecuteSettings",
+    "GuardrailPolicy",
     "ModelSettings",
     "Price",
     "PromptCachingSettings",

@@ -11,6 +11,8 @@
     ├── AuthenticationError           401  authentication_error
     ├── PermissionDeniedError         403  permission_error
     ├── RateLimitError                429  rate_limit_error    (our own limits; retry_after)
+    ├── GuardrailBlocked              400  invalid_request_error (code guardrail_<guard>, e.g. guardrail_injection)
+    │   └── GuardrailOutputInvalid    502  api_error           (code guardrail_json: no valid answer after the re-ask)
     └── UpstreamError                 502  api_error           (provider, status_code, body, headers)
         ├── UpstreamBadRequest        400  invalid_request_error (the provider rejected the request)
         ├── UpstreamAuthError         502  api_error           (our credential for the provider is bad)
@@ -28,7 +30,10 @@ the route's wire format in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .types import Usage
 
 
 class GatewayError(Exception):
@@ -48,6 +53,7 @@ class GatewayError(Exception):
         return {}
 
     attempts: list[str] | None = None  # set when the error ends several attempts (see AllAttemptsFailed)
+    usage: Usage | None = None  # tokens already spent when it was raised (an answer a guardrail refused)
 
     def details(self) -> dict[str, Any]:
         """Extra fields for the error object in the response body."""
@@ -125,6 +131,32 @@ class RateLimitError(_RetryAfter, GatewayError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class GuardrailBlocked(GatewayError):
+    """A guardrail stopped the call: the input, or the answer before (or while) it reached the client."""
+
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, guard: str, **kw: Any) -> None:
+        super().__init__(message, code=f"guardrail_{guard}", **kw)
+        self.guard = guard
+
+    def details(self) -> dict[str, Any]:
+        # Anthropic's error shape has no `code`: the guard's name rides along in both formats.
+        return {**super().details(), "guardrail": self.guard}
+
+
+class GuardrailOutputInvalid(GuardrailBlocked):
+    """The model's answer broke the required format (JSON, a schema) even after one re-ask. The
+    client's request was fine and the upstream's answer was not: a 502, as for any malformed
+    upstream answer (a 4xx would tell the client to change a request it has no reason to change)."""
+
+    status = 502
+    openai_type = "api_error"
+    anthropic_type = "api_error"
 
 
 class UpstreamError(GatewayError):

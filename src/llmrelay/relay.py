@@ -18,6 +18,8 @@ from .cache import CacheStage
 from .catalog import Catalog
 from .config import Settings, with_simulator_port
 from .errors import ConfigError, InvalidRequestError
+from .guardrails.input import GuardInput
+from .guardrails.output import GuardOutput
 from .observability.calllog import CallLog
 from .observability.metrics import Metrics
 from .observability.recorder import Recorder, Sink
@@ -31,12 +33,14 @@ from .types import ChatRequest, ChatResponse, Chunk
 
 log = logging.getLogger(__name__)
 
-StageFactory = Callable[["Relay"], Stage]
+StageFactory = Callable[["Relay"], Stage | None]  # None: nothing for it to do with this config
 _Closable = TypeVar("_Closable", bound=Any)  # a stage with ``async def aclose()``
 
 STAGES: dict[str, StageFactory] = {
     "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
+    "guard_input": GuardInput.from_relay,
     "cache": lambda relay: relay.owned(CacheStage.from_relay(relay)),
+    "guard_output": GuardOutput.from_relay,
     "execute": lambda relay: Executor(relay.catalog, relay.providers, relay.settings.execute, relay.breakers),
 }
 
@@ -105,7 +109,8 @@ class Relay:
         await self._start_calllog()
         self._start_metrics()
         self._start_tracing()
-        self._handler = compose([self._stage(name) for name in self.settings.pipeline])
+        stages = [self._stage(name) for name in self.settings.pipeline]
+        self._handler = compose([stage for stage in stages if stage is not None])
 
     async def _start_calllog(self) -> None:
         cfg = self.settings.calllog
@@ -148,11 +153,11 @@ class Relay:
         self._closers.append(stage.aclose)
         return stage
 
-    def _stage(self, name: str) -> Stage:
-        try:
-            return STAGES[name](self)
-        except KeyError:
-            raise ConfigError(f"Unknown pipeline stage {name!r}; known stages: {', '.join(STAGES)}") from None
+    def _stage(self, name: str) -> Stage | None:
+        factory = STAGES.get(name)
+        if factory is None:
+            raise ConfigError(f"Unknown pipeline stage {name!r}; known stages: {', '.join(STAGES)}")
+        return factory(self)
 
     async def aclose(self) -> None:
         while self._closers:

@@ -234,3 +234,12 @@ class Chunk(_Model):
     model: str
     choices: list[ChunkChoice] = []
     usage: Usage | None = None
+
+
+class Moderation(_Model):
+    """One input's moderation result: flagged or not, the categories that flagged it, and every
+    category's score (0..1). Category names are OpenAI's (``violence``, ``self-harm/intent``...)."""
+
+    flagged: bool
+    categories: list[str] = []
+    scores: dict[str, float] = {}

@@ -31,7 +31,7 @@ class Recorder:
         try:
             result = await next(call)
         except GatewayError as error:
-            self._finish(call, error=error)
+            self._finish(call, usage=error.usage, error=error)
             raise
         except Exception:
             self._finish(call, status="error:InternalError")  # a bug: still on record
@@ -39,8 +39,10 @@ class Recorder:
         if isinstance(result, ChatResponse):
             self._finish(call, usage=result.usage, response=result)
             return result
-        # A stream's headers leave before its cost is known; one served by the cache has no attempt.
-        self._describe_model(call, answering=0 if call.status == "cache_hit" else 1)
+        # A stream's headers leave before its cost is known. Its last attempt is still going, unless
+        # the cache served it (no attempt) or a stage read it whole before returning (a guardrail).
+        done = call.status == "cache_hit" or (call.attempts and call.attempts[-1].outcome == "success")
+        self._describe_model(call, answering=0 if done else 1)
         return self._recorded(call, result)
 
     async def _recorded(self, call: Call, chunks: Stream) -> Stream:
@@ -51,7 +53,7 @@ class Recorder:
                     usage = chunk.usage
                 yield chunk
         except GatewayError as error:
-            self._finish(call, usage=usage, error=error)
+            self._finish(call, usage=usage or error.usage, error=error)
             raise
         except BaseException:
             # The client went away (GeneratorExit/CancelledError): still a call, and it cost money.
@@ -85,7 +87,7 @@ class Recorder:
         cache_hit = call.status == "cache_hit"  # set by the cache stage: no provider was paid
         if status is not None:
             call.status = status
-        elif error is not None:
+        elif error is not None and call.status != "filtered":  # a guardrail's block stays "filtered"
             call.status = f"error:{type(error).__name__}"
         elif call.status == "pending":  # else a status a stage set (cache_hit, filtered) stands
             call.status = "success"

@@ -26,7 +26,8 @@ from ..errors import (
     error_for_status,
 )
 from ..tokens import count_messages, count_text
-from ..types import ChatRequest, ChatResponse, Chunk, Usage
+from ..types import ChatRequest, ChatResponse, Chunk, Moderation, Usage
+from . import openai_format
 
 
 class StreamDecoder(Protocol):
@@ -136,6 +137,34 @@ class HTTPProvider:
                 body=raw[:500].decode("utf-8", "replace"),
             ) from None
         return self.adapter.parse_response(body, request, deployment.model)
+
+    async def moderate(self, texts: list[str], model: str) -> list[Moderation]:
+        """OpenAI's ``POST /moderations`` (the only dialect that has one): a result per text."""
+        if self.adapter.dialect != "openai":
+            raise ConfigError(
+                f"Provider '{self.name}' speaks {self.adapter.dialect}: it has no moderation endpoint."
+            )
+        body = orjson.dumps({"model": model, "input": texts})
+        with _mapped_transport_errors(self.name):
+            async with self._client.session.post(
+                self._base + "/moderations", data=body, headers=self._headers()
+            ) as resp:
+                raw = await resp.read()
+        if resp.status >= 400:
+            raise error_for_status(
+                resp.status,
+                self.adapter.error_message(raw),
+                provider=self.name,
+                body=raw[:2000].decode("utf-8", "replace"),
+                headers=resp.headers,
+            )
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(
+                f"{self.name} sent a moderation answer that is not JSON", provider=self.name
+            ) from None
+        return openai_format.moderations_from_wire(parsed, len(texts))
 
     async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[Chunk]:
         """Send the request and return its chunks once the upstream has answered 2xx.

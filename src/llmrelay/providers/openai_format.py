@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import GatewayError, InvalidRequestError, UpstreamProtocolError, invalid_request_from
-from ..types import ChatRequest, ChatResponse, Chunk, Usage
+from ..types import ChatRequest, ChatResponse, Chunk, Moderation, Usage
 
 # --- requests ---------------------------------------------------------------------------------
 
@@ -180,6 +180,30 @@ def error_to_wire(error: GatewayError) -> dict[str, Any]:
             **error.details(),
         }
     }
+
+
+# --- moderations -------------------------------------------------------------------------------
+
+
+def moderations_from_wire(body: Any, expected: int) -> list[Moderation]:
+    """A ``POST /moderations`` answer -> one ``Moderation`` per input, in order."""
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list) or len(results) != expected:
+        raise UpstreamProtocolError(f"moderation answer without {expected} results: {str(body)[:200]}")
+    out = []
+    for result in results:
+        if not isinstance(result, dict):
+            raise UpstreamProtocolError(f"moderation result is not an object: {str(result)[:200]}")
+        categories = result.get("categories") or {}
+        scores = result.get("category_scores") or {}
+        out.append(
+            Moderation(
+                flagged=bool(result.get("flagged")),
+                categories=[name for name, on in categories.items() if on],
+                scores={name: float(v) for name, v in scores.items() if isinstance(v, int | float)},
+            )
+        )
+    return out
 
 
 def error_message_from_wire(body: bytes) -> str:
