@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -70,6 +71,23 @@ def start_process(
     raise RuntimeError(f"{args} did not start within 20s:\n{log_path.read_text()}")
 
 
+async def recorded(home: Path, call_id: str):
+    """The call's record, once the call log (SQLite under ``home``) has written it."""
+    from llmrelay.observability.sqlite_store import SqliteCallStore
+
+    store = SqliteCallStore(home / "calls.db")
+    await store.open()
+    try:
+        for _ in range(100):
+            record = await store.get(call_id)
+            if record is not None:
+                return record
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    raise AssertionError(f"{call_id} never reached the call log")
+
+
 def stop_process(server: Server) -> None:
     server.process.terminate()
     try:
@@ -90,7 +108,12 @@ SIMULATOR_CONFIG = {
     "retry_after": 7,
     "hang_max_s": 30,
     "rules": [
-        {"match": r"weather in (\w+)", "tool_call": {"name": "get_weather", "arguments": {"city": r"\1"}}}
+        {"match": r"weather in (\w+)", "tool_call": {"name": "get_weather", "arguments": {"city": r"\1"}}},
+        # JSON the guardrails must catch (tests/test_guard_json.py): broken, fenced in prose, off-schema.
+        {"match": "broken json please", "reply": '```json\n{"answer": 1,}\n```'},
+        {"match": "fenced json please", "reply": 'Here it is:\n```json\n{"ok": true}\n```\nAnything else?'},
+        {"match": "wrong city please", "json": {"city": 3}},
+        {"match": ".", "model": "json-broken*", "reply": "Sorry, no JSON today."},
     ],
     # Upstream model "fault-<kind>" always fails that way; everything else is healthy.
     "per_model": {

@@ -4,7 +4,6 @@ id proves an answer came from the cache and not from a second upstream call."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -18,11 +17,10 @@ import yaml
 
 from llmrelay import Relay
 from llmrelay import relay as relay_module
-from llmrelay.observability.sqlite_store import SqliteCallStore
 from llmrelay.pipeline import Call
 from llmrelay.providers import openai_format
 
-from .conftest import free_port, gateway_config, start_process, stop_process
+from .conftest import free_port, gateway_config, recorded, start_process, stop_process
 
 WEATHER_TOOL = {
     "type": "function",
@@ -90,21 +88,6 @@ def ask(client: openai.OpenAI, messages, *, model="gpt-4o-mini", temperature=0, 
         model=model, messages=messages, extra_headers=headers, **kw
     )
     return raw.headers, raw.parse()
-
-
-async def recorded(home, call_id: str):
-    """The call's record, once the call log has written it."""
-    store = SqliteCallStore(home / "calls.db")
-    await store.open()
-    try:
-        for _ in range(100):
-            record = await store.get(call_id)
-            if record is not None:
-                return record
-            await asyncio.sleep(0.05)
-    finally:
-        await store.close()
-    raise AssertionError(f"{call_id} never reached the call log")
 
 
 async def test_a_hit_costs_nothing_and_records_what_it_saved(client, cached_gateway):
