@@ -217,3 +217,18 @@ def test_inconsistent_usage_has_no_cost_rather_than_a_wrong_one(catalog):
     bad = Usage(prompt_tokens=10, cache_write_tokens=2, cache_write_1h_tokens=3)  # more 1h than written
     assert catalog.cost(catalog.get("sonnet").deployments[0], bad) is None
     assert cost_usd(catalog.get("sonnet").settings, catalog.get("sonnet").deployments[0], bad) is None
+
+
+def test_prices_that_change_by_date_are_asked_of_the_library():
+    """claude-sonnet-4-6's prices are a list by date: no precomputed rates, the library prices it."""
+    config = {
+        "providers": CONFIG["providers"],
+        "models": [{"name": "s46", "provider": "anthropic", "upstream": "claude-sonnet-4-6"}],
+    }
+    catalog = Catalog(Settings.from_dict(config))
+    entry = catalog.get("s46")
+    (deployment,) = entry.deployments
+    assert catalog._rates[("s46", deployment.key)] is None
+    usage = Usage(prompt_tokens=2000, cached_tokens=1000, cache_write_tokens=500, cache_write_1h_tokens=500)
+    cost = catalog.cost(deployment, usage)
+    assert cost is not None and cost == cost_usd(entry.settings, deployment, usage)

@@ -105,10 +105,9 @@ class Catalog:
 
     def cost(self, deployment: Deployment, usage: Usage) -> Decimal | None:
         """USD for one request's usage, or None when the price is unknown (never a guessed zero)."""
-        key = (deployment.model, deployment.key)
-        if key in self._rates:
-            rates = self._rates[key]
-            return rates.cost(usage) if rates is not None else None
+        rates = self._rates.get((deployment.model, deployment.key))
+        if rates is not None:
+            return rates.cost(usage)
         entry = self._entries.get(deployment.model)
         return cost_usd(entry.settings, deployment, usage) if entry is not None else None
 
