@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import statistics
 import sys
@@ -231,6 +232,33 @@ def streaming(label: str, texts: list[str], redactor: PiiRedactor) -> None:
     )
 
 
+def stress(redactor: PiiRedactor) -> None:
+    """The worst cases for a stream: text that keeps looking like the start of a match."""
+    rng = random.Random(1)
+    b64 = "".join(
+        rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(3200)
+    )
+    pem = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(b64[i : i + 64] for i in range(0, 3200, 64))
+    cases = {
+        "a 3.3 k-char private key": pem + "\n-----END RSA PRIVATE KEY-----\nthanks",
+        "12 k chars of numbers": " ".join(str(rng.randint(0, 99_999)) for _ in range(2000)),
+        "8 k chars of base64": b64 * 2 + b64[:1600],
+    }
+    for label, text in cases.items():
+        stream = redactor.stream()
+        held = 0
+        t0 = time.perf_counter()
+        for i in range(0, len(text), 4):
+            stream.feed(text[i : i + 4])
+            held = max(held, stream.pending)
+        stream.flush()
+        dt = time.perf_counter() - t0
+        feeds = (len(text) + 3) // 4
+        print(
+            f"  {label:28} in 4-char deltas: max held back {held} chars, {dt / feeds * 1e6:.0f} us per feed()"
+        )
+
+
 def _delays(deltas: list[str], i: int, start: int, end: int) -> list[int]:
     """For input characters [start, end) just emitted at delta i: how many deltas they waited."""
     out, pos = [], 0
@@ -263,6 +291,7 @@ def main() -> None:
     streaming("presidio texts (PII-dense)", all_texts, redactor)
     prose = [r["text"] for r in load(args.data, "wildguard_benign")]
     streaming("wildguard_benign (prose)", prose, redactor)
+    stress(redactor)
 
 
 if __name__ == "__main__":

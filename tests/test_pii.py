@@ -242,6 +242,18 @@ def test_stream_gives_up_on_a_key_block_past_the_cap() -> None:
     assert stream.pending < PEM_CAP + 200
 
 
+def test_stream_hold_stays_bounded_on_long_runs_of_digits_and_base64() -> None:
+    numbers = " ".join(str(i * 7919 % 100_000) for i in range(500))
+    blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" * 20
+    for text in (numbers, blob):
+        stream = REDACTOR.stream()
+        held = []
+        for i in range(0, len(text), 4):
+            stream.feed(text[i : i + 4])
+            held.append(stream.pending)
+        assert max(held) <= 130  # a phone number's longest possible span, not the whole run
+
+
 def test_feed_after_flush_is_an_error() -> None:
     stream = REDACTOR.stream()
     stream.feed("x")

@@ -281,6 +281,21 @@ def _aws_secret(text: str, m: re.Match[str]) -> tuple[int, int] | None:
 
 # --- the recognisers ------------------------------------------------------------------------
 
+_KEY_PREFIXES = (
+    *("sk-", "github_pat_", "xapp-", "AIza", "glpat-", "hf_"),
+    *(f"gh{c}_" for c in "pousr"),
+    *(f"xox{c}-" for c in "abposr"),
+    *(f"{a}k_{b}_" for a in "sr" for b in ("live", "test")),
+)
+
+
+def _prefix_tail(prefixes: Iterable[str]) -> str:
+    """A tail for tokens that start with one of ``prefixes``: a whole prefix and what follows,
+    or a prefix cut short."""
+    partial = {p[:i] for p in prefixes for i in range(1, len(p))}
+    return rf"(?<![\w-])(?:(?:{'|'.join(map(re.escape, prefixes))})[\w-]*|{'|'.join(map(re.escape, sorted(partial)))})"
+
+
 _PEM_LABEL = r"-----{} (?:[A-Z0-9]{{1,12}} ){{0,2}}PRIVATE KEY(?: BLOCK)?-----"
 _PEM_BEGIN, _PEM_END = _PEM_LABEL.format("BEGIN"), _PEM_LABEL.format("END")
 PEM_CAP = 8192  # a key block longer than this (or without its END line) is cut here
@@ -313,7 +328,7 @@ RECOGNISERS: tuple[Recogniser, ...] = (
         r"(?<![\w-])(?:sk-[A-Za-z0-9][\w-]{19,250}|gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_\w{22,251}"
         r"|xox[abposr]-[A-Za-z0-9-]{10,250}|xapp-\d-[A-Za-z0-9-]{10,250}|[sr]k_(?:live|test)_[A-Za-z0-9]{16,250}"
         rf"|AIza[\w-]{{35}}|glpat-[\w-]{{20,50}}|hf_[A-Za-z0-9]{{30,50}}){_TOKEN_END}",
-        r"(?<![\w-])[A-Za-z][\w-]*",
+        _prefix_tail(_KEY_PREFIXES),
         max_len=270,
         check=_api_key,
         needs=r"sk-|gh[pousr]_|github_pat_|xox|xapp-|[sr]k_|AIza|glpat-|hf_",
@@ -339,7 +354,7 @@ RECOGNISERS: tuple[Recogniser, ...] = (
         "EMAIL",
         r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
         r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![\w-]|\.[A-Za-z0-9])",
-        r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*(?:@[A-Za-z0-9.-]*)?",
+        r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}(?:@[A-Za-z0-9.-]*)?",
         max_len=64 + 1 + 8 * 64 + 24 + 2,
         needs="@",
         priority=60,
@@ -433,31 +448,32 @@ def _scan(recognisers: tuple[Recogniser, ...], text: str, pos: int, final: bool)
     """Find the spans in ``text[pos:]`` and how far they are final: ``(cut, spans)``, with every
     span ending at or before ``cut``. With ``final`` the text is complete and cut is its end.
     Otherwise cut stops before anything more text could change: a suffix a recogniser holds,
-    a candidate whose check reads past the end, and any candidate crossing that point."""
+    a candidate whose check reads past the end, and any accepted span crossing that point."""
     n = len(text)
-    cut = n
-    candidates: list[tuple[int, int, Recogniser, tuple[int, int] | None]] = []
+    cut = n if final else min(r.hold(text, pos) for r in recognisers) if recognisers else n
+    if cut == pos:
+        return pos, []
+    limit = cut
+    accepted: list[tuple[int, int, Recogniser]] = []
     for r in recognisers:
-        limit = n if final else r.hold(text, pos)
-        cut = min(cut, limit)
         for start, end, span in r.scan(text, pos, limit):
             if not final and end + r.after > n:
                 cut = min(cut, start)
                 break
-            candidates.append((start, end, r, span))
+            if span:
+                accepted.append((*span, r))
+    # A rejected candidate may be cut through (the scan resumes one character after its start
+    # anyway), an accepted span may not (the scan resumes at its end).
     moved = True
-    while moved:  # never cut through a candidate, accepted or not: the scan must restart cleanly
+    while moved:
         moved = False
-        for start, end, _, _ in candidates:
+        for start, end, _ in accepted:
             if start < cut < end:
                 cut, moved = start, True
     chosen: list[tuple[int, int, Recogniser]] = []
     # Where two recognisers claim overlapping text, the higher priority wins (a card is not a phone).
-    for start, end, r in sorted(
-        ((s[0], s[1], r) for _, _, r, s in candidates if s and s[1] <= cut),
-        key=lambda c: (-c[2].priority, c[0]),
-    ):
-        if all(end <= s or start >= e for s, e, _ in chosen):
+    for start, end, r in sorted(accepted, key=lambda c: (-c[2].priority, c[0])):
+        if end <= cut and all(end <= s or start >= e for s, e, _ in chosen):
             chosen.append((start, end, r))
     chosen.sort(key=lambda c: c[0])
     return cut, [Span(r.type, s, e) for s, e, r in chosen]
