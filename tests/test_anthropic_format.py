@@ -8,6 +8,7 @@ pydantic types, and its real client reading our bytes through a mock transport.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -653,6 +654,7 @@ PARSE_RESPONSE = [
                 "completion_tokens": 3,
                 "cached_tokens": 0,
                 "cache_write_tokens": 0,
+                "cache_write_1h_tokens": 0,
                 "reasoning_tokens": 0,
             },
         },
@@ -696,6 +698,7 @@ PARSE_RESPONSE = [
                 "completion_tokens": 120,
                 "cached_tokens": 1000,
                 "cache_write_tokens": 200,
+                "cache_write_1h_tokens": 0,
                 "reasoning_tokens": 90,
             },
         },
@@ -746,6 +749,7 @@ PARSE_RESPONSE = [
                 "completion_tokens": 40,
                 "cached_tokens": 0,
                 "cache_write_tokens": 0,
+                "cache_write_1h_tokens": 0,
                 "reasoning_tokens": 0,
             },
         },
@@ -796,6 +800,7 @@ PARSE_RESPONSE = [
                 "completion_tokens": 60,
                 "cached_tokens": 0,
                 "cache_write_tokens": 0,
+                "cache_write_1h_tokens": 0,
                 "reasoning_tokens": 0,
             },
         },
@@ -1527,6 +1532,7 @@ RESPONSE_TO_WIRE = [
                 "output_tokens": 5,
                 "cache_read_input_tokens": 0,
                 "cache_creation_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
             },
         },
         id="text-id-prefixed",
@@ -1559,6 +1565,7 @@ RESPONSE_TO_WIRE = [
                 "output_tokens": 15,
                 "cache_read_input_tokens": 2048,
                 "cache_creation_input_tokens": 100,
+                "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 0},
             },
         },
         id="msg-id-kept-length-cache-usage",
@@ -1602,6 +1609,7 @@ RESPONSE_TO_WIRE = [
                 "output_tokens": 5,
                 "cache_read_input_tokens": 0,
                 "cache_creation_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
             },
         },
         id="tool-calls",
@@ -1641,6 +1649,7 @@ RESPONSE_TO_WIRE = [
                 "output_tokens": 5,
                 "cache_read_input_tokens": 0,
                 "cache_creation_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
             },
         },
         id="tool-calls-with-stop-finish-still-tool-use",
@@ -1671,6 +1680,7 @@ RESPONSE_TO_WIRE = [
                 "output_tokens": 5,
                 "cache_read_input_tokens": 0,
                 "cache_creation_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
                 "output_tokens_details": {"thinking_tokens": 3},
             },
         },
@@ -1827,6 +1837,7 @@ EXPECTED_EVENTS = [
                 "output_tokens": 20,
                 "cache_read_input_tokens": 30,
                 "cache_creation_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
             },
         },
     ),
@@ -1891,6 +1902,7 @@ def test_stream_encoder_waits_for_usage_after_finish() -> None:
                     "output_tokens": 2,
                     "cache_read_input_tokens": 0,
                     "cache_creation_input_tokens": 0,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
                 },
             },
         ),
@@ -1918,6 +1930,7 @@ def test_stream_encoder_close_without_usage() -> None:
                     "output_tokens": 0,
                     "cache_read_input_tokens": 0,
                     "cache_creation_input_tokens": 0,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
                 },
             },
         ),
@@ -2111,9 +2124,27 @@ def test_round_trip_response() -> None:
             "output_tokens": 15,
             "cache_read_input_tokens": 2048,
             "cache_creation_input_tokens": 100,
+            "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 60},
         },
     }
+    assert af.parse_response(body, "claude-sonnet").usage.cache_write_1h_tokens == 60
     assert af.response_to_wire(af.parse_response(body, "claude-sonnet")) == body
+
+
+def test_stream_cache_writes_split_by_ttl_in_message_start_survive_to_the_re_encoded_stream() -> None:
+    """Anthropic splits cache writes by TTL in message_start only (message_delta's usage has no
+    ``cache_creation``); the gateway learns usage at the end, so it sends the split in message_delta."""
+    events = copy.deepcopy(golden_stream("stream_text_cached")["events"])
+    by_ttl = {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 60}
+    events[0][1]["message"]["usage"]["cache_creation"] = by_ttl
+    decoder, encoder = af.StreamDecoder("claude-sonnet-4-5"), af.StreamEncoder()
+    chunks = [c for event, data in events for c in decoder.feed(event, data)]
+    assert chunks[-1].usage is not None
+    assert (chunks[-1].usage.cache_write_tokens, chunks[-1].usage.cache_write_1h_tokens) == (100, 60)
+    out = [e for c in chunks for e in encoder.encode(c)]
+    (delta,) = [data for name, data in out if name == "message_delta"]
+    assert delta["usage"]["cache_creation_input_tokens"] == 100 and delta["usage"]["cache_creation"] == by_ttl
+    assert_sdk_accepts(out)
 
 
 # =============================================================================================

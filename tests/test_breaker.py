@@ -232,17 +232,6 @@ def test_nonsense_settings_are_a_config_error(bad: dict[str, float]) -> None:
         BreakerSettings(**bad)  # type: ignore[arg-type]
 
 
-def test_hot_path_is_cheap() -> None:
-    b = LocalBreakers(BreakerSettings())
-    n = 20_000
-    started = time.perf_counter()
-    for _ in range(n):
-        b.allow("d")
-        b.record("d", True)
-    per_call_us = (time.perf_counter() - started) / n / 2 * 1e6
-    assert per_call_us < 20  # a few microseconds on a laptop; generous for slow CI machines
-
-
 # --- build_breakers --------------------------------------------------------------------------
 
 

@@ -69,7 +69,7 @@ async def test_database_down_mid_run_then_back_loses_nothing(simulator, database
             proxy.up()  # back: the journal is replayed
             for _ in range(5):
                 call()
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 30  # the writer retries a down store every <= 5 s
             while time.monotonic() < deadline:
                 conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}")
                 stored = {r["id"] for r in await conn.fetch("SELECT id FROM calls")}

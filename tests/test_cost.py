@@ -29,6 +29,12 @@ CONFIG = {
             "upstream": "llama-3.1-8b",
             "price": {"input": 0.2, "output": 0.4, "cache_read": 0.05},
         },
+        {
+            "name": "claude-compatible",
+            "provider": "local",
+            "upstream": "my-claude",
+            "price": {"input": 3, "output": 15, "cache_read": 0.3, "cache_write": 3.75, "cache_write_1h": 6},
+        },
         {"name": "mystery", "provider": "local", "upstream": "no-such-model-anywhere"},
     ],
 }
@@ -94,6 +100,29 @@ def test_anthropic_usage_with_cache_reads_and_writes(catalog):
     assert catalog.cost(catalog.get("sonnet").deployments[0], usage) == Decimal("0.01665")
 
 
+def test_anthropic_1_hour_cache_writes_at_their_own_price(catalog):
+    """Anthropic's usage splits writes by TTL; 1-hour ones cost 2x the input price, 5-minute ones
+    1.25x (claude-sonnet-4-5: $6 and $3.75 per million, input $3, read $0.30, output $15)."""
+    body = {**ANTHROPIC_BODY, "usage": {**ANTHROPIC_BODY["usage"]}}
+    body["usage"]["cache_creation"] = {"ephemeral_5m_input_tokens": 500, "ephemeral_1h_input_tokens": 1500}
+    usage = anthropic_format.parse_response(body, "sonnet").usage
+    assert usage == Usage(
+        prompt_tokens=12050,
+        completion_tokens=400,
+        cached_tokens=10000,
+        cache_write_tokens=2000,
+        cache_write_1h_tokens=1500,
+    )
+    # 50 in x $3 + 500 x $3.75 + 1500 x $6 + 10000 read x $0.30 + 400 out x $15, per million
+    assert catalog.cost(catalog.get("sonnet").deployments[0], usage) == Decimal("0.020025")
+    # The same from a price override in the config; without cache_write_1h, 1-hour writes cost
+    # what other writes do.
+    assert catalog.cost(catalog.get("claude-compatible").deployments[0], usage) == Decimal("0.020025")
+    assert catalog.cost(catalog.get("llama").deployments[0], usage) == catalog.cost(
+        catalog.get("llama").deployments[0], usage.model_copy(update={"cache_write_1h_tokens": 0})
+    )
+
+
 @pytest.mark.parametrize(
     ("model", "usage", "expected"),
     [
@@ -107,6 +136,23 @@ def test_anthropic_usage_with_cache_reads_and_writes(catalog):
         ("sonnet", Usage(prompt_tokens=100_000, cached_tokens=60_000, completion_tokens=10_000), "0.288"),
         ("haiku", Usage(prompt_tokens=100_000, cached_tokens=60_000, completion_tokens=10_000), "0.096"),
         ("haiku", Usage(prompt_tokens=1, completion_tokens=1), "0.000006"),
+        # 1-hour cache writes: $6 (sonnet) and $2 (haiku) per million; above 200k prompt tokens
+        # sonnet's prices double ($12).
+        (
+            "sonnet",
+            Usage(prompt_tokens=100_000, cache_write_tokens=100_000, cache_write_1h_tokens=100_000),
+            "0.6",
+        ),
+        (
+            "haiku",
+            Usage(prompt_tokens=100_000, cache_write_tokens=100_000, cache_write_1h_tokens=40_000),
+            "0.155",
+        ),
+        (
+            "sonnet",
+            Usage(prompt_tokens=300_000, cache_write_tokens=300_000, cache_write_1h_tokens=300_000),
+            "3.6",
+        ),
         ("gpt-4o-mini", Usage(), "0"),
     ],
 )
@@ -146,7 +192,8 @@ def _random_usages(n: int) -> list[Usage]:
             Usage(
                 prompt_tokens=prompt,
                 cached_tokens=rng.randint(0, prompt // 2) if rng.random() < 0.5 else 0,
-                cache_write_tokens=rng.randint(0, prompt // 2) if rng.random() < 0.5 else 0,
+                cache_write_tokens=(written := rng.randint(0, prompt // 2) if rng.random() < 0.5 else 0),
+                cache_write_1h_tokens=rng.choice([0, written, rng.randint(0, written)]),
                 completion_tokens=rng.choice([0, rng.randint(0, 100_000)]),
             )
         )
@@ -167,3 +214,21 @@ def test_inconsistent_usage_has_no_cost_rather_than_a_wrong_one(catalog):
     bad = Usage(prompt_tokens=10, cached_tokens=20)  # more cached than prompt tokens
     assert catalog.cost(catalog.get("gpt-4o-mini").deployments[0], bad) is None
     assert catalog.cost(catalog.get("llama").deployments[0], bad) is None
+    bad = Usage(prompt_tokens=10, cache_write_tokens=2, cache_write_1h_tokens=3)  # more 1h than written
+    assert catalog.cost(catalog.get("sonnet").deployments[0], bad) is None
+    assert cost_usd(catalog.get("sonnet").settings, catalog.get("sonnet").deployments[0], bad) is None
+
+
+def test_prices_that_change_by_date_are_asked_of_the_library():
+    """claude-sonnet-4-6's prices are a list by date: no precomputed rates, the library prices it."""
+    config = {
+        "providers": CONFIG["providers"],
+        "models": [{"name": "s46", "provider": "anthropic", "upstream": "claude-sonnet-4-6"}],
+    }
+    catalog = Catalog(Settings.from_dict(config))
+    entry = catalog.get("s46")
+    (deployment,) = entry.deployments
+    assert catalog._rates[("s46", deployment.key)] is None
+    usage = Usage(prompt_tokens=2000, cached_tokens=1000, cache_write_tokens=500, cache_write_1h_tokens=500)
+    cost = catalog.cost(deployment, usage)
+    assert cost is not None and cost == cost_usd(entry.settings, deployment, usage)

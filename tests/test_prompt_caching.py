@@ -286,6 +286,26 @@ def test_simulated_anthropic_cache_writes_reads_and_expires():
     assert hour.anthropic(_anthropic_body({"type": "ephemeral", "ttl": "1h"}, "q1")).read == first.write
 
 
+def test_simulated_anthropic_reports_1_hour_writes_apart_as_anthropic_bills_them():
+    """Mixed TTLs: reads up to the hit, 1-hour writes up to the last 1-hour mark, 5-minute writes
+    from there to the last mark."""
+    cache = PromptCache(clock=Clock())
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    alone = cache.anthropic(_anthropic_body(hour, "q1"))
+    assert alone.write > 1024 and alone.write_1h == alone.write  # only a 1-hour mark: all of it
+    body = _anthropic_body(hour, "doc " + LONG, "a1", "q2")
+    body["system"][0]["text"] = "another system prompt " + LONG
+    body["messages"][0]["content"] = [{"type": "text", "text": "doc " + LONG, "cache_control": EPHEMERAL}]
+    mixed = cache.anthropic(body)
+    assert mixed.read == 0 and mixed.write - mixed.write_1h > 1024  # the document: 5 minutes
+    assert 0 < mixed.write_1h - alone.write < 10  # the (slightly longer) system prompt: 1 hour
+    again = cache.anthropic(body)  # the system prompt and the document are read: nothing written
+    assert (again.read, again.write, again.write_1h) == (mixed.write, 0, 0)
+    body["messages"][0]["content"][0]["text"] = "another doc " + LONG
+    after_hit = cache.anthropic(body)  # the 1-hour entry is read; only the new document is written
+    assert after_hit.read == mixed.write_1h and after_hit.write_1h == 0 and after_hit.write > 1024
+
+
 def test_simulated_anthropic_cache_respects_the_models_minimum():
     cache = PromptCache(clock=Clock())
     body = _anthropic_body(EPHEMERAL, "q1", model="claude-haiku-4-5")  # ~1600 tokens < 4096
@@ -330,7 +350,13 @@ def test_simulated_openai_cache_in_128_token_steps():
 
 # Published prices, USD per million tokens (anthropic.com/pricing and openai.com/api/pricing), written
 # out here so that a wrong catalog lookup fails these tests.
-SONNET_4_5 = {"input": "3", "cache_write": "3.75", "cache_read": "0.30", "output": "15"}  # 5-minute writes
+SONNET_4_5 = {
+    "input": "3",
+    "cache_write": "3.75",
+    "cache_write_1h": "6",
+    "cache_read": "0.30",
+    "output": "15",
+}
 GPT_4O_MINI = {
     "input": "0.15",
     "cache_write": "0.15",
@@ -339,10 +365,14 @@ GPT_4O_MINI = {
 }  # no write fee
 
 
-def _dollars(prices: dict[str, str], *, uncached: int, written: int, read: int, output: int) -> Decimal:
+def _dollars(
+    prices: dict[str, str], *, uncached: int, written: int, read: int, output: int, written_1h: int = 0
+) -> Decimal:
+    """``written``: 5-minute cache writes; ``written_1h``: 1-hour ones."""
     return (
         uncached * Decimal(prices["input"])
         + written * Decimal(prices["cache_write"])
+        + written_1h * Decimal(prices.get("cache_write_1h", "0"))
         + read * Decimal(prices["cache_read"])
         + output * Decimal(prices["output"])
     ) / 1_000_000
@@ -523,6 +553,101 @@ async def test_openai_client_stream_to_claude_has_cache_usage(oai, caching_gatew
         SONNET_4_5, uncached=usage.prompt_tokens - read, written=0, read=read, output=usage.completion_tokens
     )
     assert Decimal(record.cost_usd) == expected
+
+
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+async def test_anthropic_client_1_hour_mark_pays_the_1_hour_write(claude, caching_gateway):
+    """A 1-hour mark on the system prompt and a 5-minute one on a long document: the first call pays
+    each write at its own rate ($6 and $3.75 per million), the next one reads both."""
+    system = [{"type": "text", "text": _system(), "cache_control": HOUR}]
+    doc = {"type": "text", "text": "The document: " + _system(), "cache_control": EPHEMERAL}
+    seen = []
+    for question in ("What is it?", "Summarise it."):
+        content = [doc, {"type": "text", "text": question}]
+        raw = claude.messages.with_raw_response.create(
+            model="sonnet-plain",
+            max_tokens=50,
+            system=system,
+            messages=[{"role": "user", "content": content}],
+        )
+        usage = raw.parse().usage
+        by_ttl = usage.cache_creation
+        assert by_ttl is not None
+        assert (
+            by_ttl.ephemeral_5m_input_tokens + by_ttl.ephemeral_1h_input_tokens
+            == usage.cache_creation_input_tokens
+        )
+        cost = _dollars(
+            SONNET_4_5,
+            uncached=usage.input_tokens,
+            written=by_ttl.ephemeral_5m_input_tokens,
+            written_1h=by_ttl.ephemeral_1h_input_tokens,
+            read=usage.cache_read_input_tokens or 0,
+            output=usage.output_tokens,
+        )
+        assert _header_dollars(raw.headers) == _as_header(cost)
+        record = await _record(caching_gateway, raw.headers["x-llmrelay-request-id"])
+        assert Decimal(record.cost_usd) == cost and record.cost_exact
+        assert record.cache_write_tokens == usage.cache_creation_input_tokens  # both TTLs, as before
+        seen.append(usage)
+    first, second = seen
+    assert first.cache_read_input_tokens == 0
+    assert first.cache_creation.ephemeral_1h_input_tokens > 1024  # the system prompt
+    assert first.cache_creation.ephemeral_5m_input_tokens > 1024  # the document after it
+    assert second.cache_read_input_tokens == first.cache_creation_input_tokens
+    assert second.cache_creation_input_tokens == 0
+
+
+async def test_anthropic_client_stream_1_hour_write_priced_in_its_record(claude, caching_gateway):
+    system = [{"type": "text", "text": _system(), "cache_control": HOUR}]
+    messages = [{"role": "user", "content": "stream please"}]
+    with claude.messages.stream(
+        model="sonnet-plain", max_tokens=50, system=system, messages=messages
+    ) as stream:
+        delta_usage = [e.usage for e in stream if e.type == "message_delta"][-1]
+        usage = stream.get_final_message().usage
+        call_id = stream.response.headers["x-llmrelay-request-id"]
+    written = usage.cache_creation_input_tokens
+    assert written > 1024 and usage.cache_read_input_tokens == 0
+    # The split comes at the end of the stream (Anthropic sends it in message_start, before the
+    # gateway has it), in message_delta's usage.
+    assert getattr(delta_usage, "cache_creation", None) == {
+        "ephemeral_5m_input_tokens": 0,
+        "ephemeral_1h_input_tokens": written,
+    }
+    record = await _record(caching_gateway, call_id)
+    expected = _dollars(
+        SONNET_4_5,
+        uncached=usage.input_tokens,
+        written=0,
+        written_1h=written,
+        read=0,
+        output=usage.output_tokens,
+    )
+    assert Decimal(record.cost_usd) == expected and record.cache_write_tokens == written
+
+
+async def test_openai_client_1_hour_mark_priced_and_usage_shape_unchanged(oai, caching_gateway):
+    system = {"role": "system", "content": [{"type": "text", "text": _system(), "cache_control": HOUR}]}
+    raw = oai.chat.completions.with_raw_response.create(
+        model="sonnet-plain", messages=[system, {"role": "user", "content": "hello"}]
+    )
+    usage = raw.http_response.json()["usage"]
+    written = usage["prompt_tokens_details"]["cache_write_tokens"]
+    assert written > 1024
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": written}
+    cost = _dollars(
+        SONNET_4_5,
+        uncached=usage["prompt_tokens"] - written,
+        written=0,
+        written_1h=written,
+        read=0,
+        output=usage["completion_tokens"],
+    )
+    assert _header_dollars(raw.headers) == _as_header(cost)
+    assert Decimal((await _record(caching_gateway, raw.headers["x-llmrelay-request-id"])).cost_usd) == cost
 
 
 def test_passthrough_sends_the_clients_breakpoints_and_off_removes_them(claude):

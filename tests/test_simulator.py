@@ -349,6 +349,16 @@ async def test_anthropic_prompt_caching(ant: anthropic.AsyncAnthropic) -> None:
     assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
     assert second.usage.cache_creation_input_tokens == 0
     assert second.usage.input_tokens < 50  # only the uncached tail is billed as plain input
+    # A 1-hour mark: the write is reported by TTL, streamed in message_start as Anthropic does.
+    hour = [
+        {**system[0], "text": LONG_TEXT + " one hour", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
+    async with ant.messages.stream(
+        model="claude-sonnet-4-6", max_tokens=50, system=hour, messages=_user("q1")
+    ) as stream:
+        (start,) = [e.message.usage async for e in stream if e.type == "message_start"]
+    assert start.cache_creation is not None and start.cache_creation.ephemeral_5m_input_tokens == 0
+    assert start.cache_creation.ephemeral_1h_input_tokens == start.cache_creation_input_tokens > 1024
 
 
 async def test_anthropic_requires_max_tokens(sim: SimulatorServer) -> None:

@@ -2,7 +2,7 @@
 
 Prices come from the maintained ``genai-prices`` snapshot (offline; never auto-updated here), or
 from a per-model ``price`` override in the config. Cost is computed per request from its usage,
-cached-read and cache-write tokens priced at their own rates.
+cached-read and cache-write tokens priced at their own rates (1-hour cache writes at theirs).
 
 ``genai_prices.calc_price`` costs ~65 us a call, a sixth of the gateway's CPU per request, most of
 it finding the model. So each model's per-million-token rates are read from the library once, at
@@ -105,10 +105,9 @@ class Catalog:
 
     def cost(self, deployment: Deployment, usage: Usage) -> Decimal | None:
         """USD for one request's usage, or None when the price is unknown (never a guessed zero)."""
-        key = (deployment.model, deployment.key)
-        if key in self._rates:
-            rates = self._rates[key]
-            return rates.cost(usage) if rates is not None else None
+        rates = self._rates.get((deployment.model, deployment.key))
+        if rates is not None:
+            return rates.cost(usage)
         entry = self._entries.get(deployment.model)
         return cost_usd(entry.settings, deployment, usage) if entry is not None else None
 
@@ -149,35 +148,41 @@ def cost_usd(model: ModelSettings, deployment: Deployment, usage: Usage) -> Deci
 @dataclass(frozen=True, slots=True)
 class Rates:
     """USD per million tokens of each kind (tiered by the request's prompt tokens), plus any fee
-    per request. Uncached prompt tokens are the prompt less its cached-read and cache-write ones."""
+    per request. Uncached prompt tokens are the prompt less its cached-read and cache-write ones;
+    cache writes are 5-minute ones but for their 1-hour share."""
 
     input: Decimal | TieredPrices
     cache_read: Decimal | TieredPrices
     cache_write: Decimal | TieredPrices
+    cache_write_1h: Decimal | TieredPrices
     output: Decimal | TieredPrices
     per_request: Decimal = Decimal(0)
 
     @classmethod
     def from_config(cls, price: Price) -> Rates:
-        def dec(value: float | None, default: float) -> Decimal:
+        def dec(value: float | None, default: float | Decimal) -> Decimal:
             return Decimal(str(default if value is None else value))
 
+        cache_write = dec(price.cache_write, price.input)
         return cls(
             input=dec(price.input, 0),
             cache_read=dec(price.cache_read, price.input),
-            cache_write=dec(price.cache_write, price.input),
+            cache_write=cache_write,
+            cache_write_1h=dec(price.cache_write_1h, cache_write),
             output=dec(price.output, 0),
         )
 
     def cost(self, usage: Usage) -> Decimal | None:
         prompt = usage.prompt_tokens
         uncached = prompt - usage.cached_tokens - usage.cache_write_tokens
-        if uncached < 0:
+        written_5m = usage.cache_write_tokens - usage.cache_write_1h_tokens
+        if uncached < 0 or written_5m < 0:
             return None  # inconsistent usage from upstream: no figure rather than a wrong one
         total = (
             _at(self.input, prompt) * uncached
             + _at(self.cache_read, prompt) * usage.cached_tokens
-            + _at(self.cache_write, prompt) * usage.cache_write_tokens
+            + _at(self.cache_write, prompt) * written_5m
+            + _at(self.cache_write_1h, prompt) * usage.cache_write_1h_tokens
             + _at(self.output, prompt) * usage.completion_tokens
         )
         return total / _MILLION + self.per_request
@@ -210,10 +215,13 @@ def _rates_for(model: ModelSettings, deployment: Deployment) -> Rates | None:
     prices: dict[str, Any] = vars(calc.model_price)
     if "input_mtok" not in prices or "output_mtok" not in prices:
         return None
+    cache_write = prices.get("cache_write_mtok") or prices["input_mtok"]
     rates = Rates(
         input=prices["input_mtok"],
         cache_read=prices.get("cache_read_mtok") or prices["input_mtok"],
-        cache_write=prices.get("cache_write_mtok") or prices["input_mtok"],
+        cache_write=cache_write,
+        # Without a 1-hour price the library bills those writes as plain cache writes.
+        cache_write_1h=prices.get("cache_write_1h_mtok") or cache_write,
         output=prices["output_mtok"],
         per_request=(prices.get("requests_kcount") or Decimal(0)) / 1000,
     )
@@ -225,19 +233,21 @@ def _rates_for(model: ModelSettings, deployment: Deployment) -> Rates | None:
 
 
 def _usage_shapes(rates: Rates) -> Iterator[Usage]:
-    """Usage with every mix of cached, written and output tokens, around every tier threshold."""
+    """Usage with every mix of cached, written (some for 1 hour) and output tokens, around every
+    tier threshold."""
     starts = {
         t.start
-        for p in (rates.input, rates.cache_read, rates.cache_write, rates.output)
+        for p in (rates.input, rates.cache_read, rates.cache_write, rates.cache_write_1h, rates.output)
         if isinstance(p, TieredPrices)
         for t in p.tiers
     }
     for prompt in sorted({0, 7, 1234, 98765, *(s + d for s in starts for d in (0, 1, 54321))}):
-        for cached, written, completion in product((0, 1), repeat=3):
+        for cached, written, completion in product((0, 1), (0, 1, 2), (0, 1)):  # written 2: some for 1h
             yield Usage(
                 prompt_tokens=prompt,
                 cached_tokens=cached * (prompt // 3),
-                cache_write_tokens=written * (prompt // 4),
+                cache_write_tokens=min(written, 1) * (prompt // 4),
+                cache_write_1h_tokens=written // 2 * (prompt // 7),
                 completion_tokens=completion * 321,
             )
 
@@ -247,6 +257,7 @@ def _library_usage(usage: Usage) -> genai_prices.Usage:
         input_tokens=usage.prompt_tokens,
         cache_read_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         output_tokens=usage.completion_tokens,
     )
 

@@ -50,6 +50,7 @@ class Price(_Settings):
     output: float
     cache_read: float | None = None
     cache_write: float | None = None
+    cache_write_1h: float | None = None  # Anthropic's 1-hour cache writes; default: cache_write
 
 
 class PromptCachingSettings(_Settings):

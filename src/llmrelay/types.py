@@ -175,12 +175,15 @@ class ChatRequest(BaseModel):
 
 class Usage(_Model):
     """Token counts in OpenAI semantics: ``prompt_tokens`` includes cached-read and cache-write
-    tokens; ``completion_tokens`` includes reasoning tokens."""
+    tokens (``cached_tokens + cache_write_tokens <= prompt_tokens``); ``cache_write_tokens``
+    includes the writes to 1-hour entries (``cache_write_1h_tokens <= cache_write_tokens``, the rest
+    are 5-minute writes); ``completion_tokens`` includes reasoning tokens."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # Anthropic bills these at 2x the input price, 5-minute ones 1.25x
     reasoning_tokens: int = 0
     # Counted by llmrelay's tokenizer because the upstream reported none (not part of any wire format).
     estimated: bool = Field(default=False, exclude=True)

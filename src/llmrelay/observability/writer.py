@@ -68,7 +68,7 @@ class JournalWriter:
                     log.warning("call log: store write failed (%s); records wait in the journal", exc)
                 self.store_healthy = False
                 await _wait(stop, backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 5.0)
                 continue
             if not self.store_healthy:
                 log.warning("call log: store is back; journal replayed")
@@ -200,7 +200,7 @@ async def _serve(args: argparse.Namespace) -> None:
                     return
                 log.warning("call log: cannot open the store (%s); retrying", exc)
                 await _wait(stop, backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 5.0)
         writer = JournalWriter(
             store,
             directory,

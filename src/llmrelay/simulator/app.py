@@ -228,11 +228,13 @@ class SimulatorApp:
         elif prompt >= OPENAI_MIN:
             cache = self.cache.openai(request)
         read = min(cache.read, prompt)
+        write = min(cache.write, prompt - read)
         return Usage(
             prompt_tokens=prompt,
             completion_tokens=completion,
             cached_tokens=read,
-            cache_write_tokens=min(cache.write, prompt - read),
+            cache_write_tokens=write,
+            cache_write_1h_tokens=min(cache.write_1h, write),
         )
 
     async def _send_body(self, ex: Exchange, body: bytes, fault: str | None) -> None:

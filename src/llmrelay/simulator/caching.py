@@ -8,7 +8,8 @@ Anthropic (explicit): a prompt is a sequence of blocks (tools, system blocks, me
 the wire). Only prefixes ending at a ``cache_control`` breakpoint that reach the model's minimum
 are written. A read is the longest cached prefix ending at a breakpoint or at one of the 20 blocks
 before it; the tokens from there to the last breakpoint are a write (as Anthropic bills them); the
-rest is plain input. Breakpoints with ``ttl: 1h`` live 12 times as long as the default ones.
+rest is plain input. Breakpoints with ``ttl: 1h`` live 12 times as long as the default ones, and
+the write up to the last of them is reported apart, as Anthropic's ``cache_creation`` does.
 
 Hashes include the model (caches are per model). Everything is deterministic but for the clock.
 """
@@ -39,6 +40,7 @@ LONG_TTL_FACTOR = 12  # "1h" against the default "5m"
 class CacheResult:
     read: int = 0
     write: int = 0
+    write_1h: int = 0  # the part of ``write`` that went to 1-hour entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,14 @@ class PromptCache:
         read = max((bounds[j].tokens for j in sorted(looked) if self._hit(bounds[j].key, now)), default=0)
         for i in marks:
             self._remember(bounds[i].key, self._ttl_s * (bounds[i].ttl_factor or 1), now)
-        return CacheResult(read=read, write=max(0, bounds[marks[-1]].tokens - read))
+        # Anthropic's billing of mixed TTLs: reads up to the hit, 1-hour writes from there to the
+        # last 1-hour mark, 5-minute writes from there to the last mark.
+        long_end = max(
+            (bounds[i].tokens for i in marks if bounds[i].ttl_factor == LONG_TTL_FACTOR), default=0
+        )
+        return CacheResult(
+            read=read, write=max(0, bounds[marks[-1]].tokens - read), write_1h=max(0, long_end - read)
+        )
 
 
 def _openai_ids(request: ChatRequest) -> list[int]:

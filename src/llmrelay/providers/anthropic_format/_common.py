@@ -64,15 +64,22 @@ def _finish_reason(stop_reason: str | None) -> FinishReason:
 
 
 def _usage_from_wire(raw: dict[str, Any]) -> Usage:
-    """Anthropic usage -> canonical, where prompt_tokens also counts cache reads and writes."""
+    """Anthropic usage -> canonical, where prompt_tokens also counts cache reads and writes, and
+    cache writes also count the 1-hour ones (``cache_creation`` splits the total by TTL; without it,
+    every write is a 5-minute one, the only kind there was before)."""
     read = raw.get("cache_read_input_tokens") or 0
-    write = raw.get("cache_creation_input_tokens") or 0
+    by_ttl = raw.get("cache_creation") or {}
+    write_1h = by_ttl.get("ephemeral_1h_input_tokens") or 0
+    write = raw.get("cache_creation_input_tokens")
+    if write is None:
+        write = (by_ttl.get("ephemeral_5m_input_tokens") or 0) + write_1h
     details = raw.get("output_tokens_details") or {}
     return Usage(
         prompt_tokens=(raw.get("input_tokens") or 0) + read + write,
         completion_tokens=raw.get("output_tokens") or 0,
         cached_tokens=read,
         cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h,
         reasoning_tokens=details.get("thinking_tokens") or 0,
     )
 
@@ -83,6 +90,10 @@ def _usage_to_wire(usage: Usage) -> dict[str, Any]:
         "output_tokens": usage.completion_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": max(0, usage.cache_write_tokens - usage.cache_write_1h_tokens),
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        },
     }
     if usage.reasoning_tokens:
         wire["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
