@@ -77,7 +77,7 @@ def test_nothing_is_on_by_default():
         ),
         ({"guardrails": {"injection": {"mode": "sometimes"}}}, "injection.mode"),
         ({"guardrails": {"moderation": {"input": "block", "provider": "nope"}}}, "moderation.provider"),
-        ({"guardrails": {"limits": {"max_chars": 0}}}, "limits.max_chars"),
+        ({"guardrails": {"limits": {"max_input_chars": 0}}}, "limits.max_input_chars"),
     ],
 )
 def test_bad_guardrail_config_is_refused_at_start(raw, message):

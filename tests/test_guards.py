@@ -39,7 +39,7 @@ def guard_config(simulator_url: str, home) -> dict:
             "name": "guarded",
             **OA,
             "guardrails": {
-                "limits": {"max_chars": 400, "max_tokens": 60},
+                "limits": {"max_input_chars": 400, "max_input_tokens": 60},
                 "moderation": {"input": "block", "output": "block"},
                 "pii": {"output": "redact"},
             },
@@ -68,7 +68,7 @@ def guard_config(simulator_url: str, home) -> dict:
             "name": "claude-guarded",
             "provider": "up-anthropic",
             "upstream": "claude-haiku-4-5",
-            "guardrails": {"pii": {"output": "redact"}, "limits": {"max_chars": 400}},
+            "guardrails": {"pii": {"output": "redact"}, "limits": {"max_input_chars": 400}},
         },
     ]
     return config

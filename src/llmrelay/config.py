@@ -132,13 +132,13 @@ PiiMode = Annotated[Literal["off", "redact", "block", "flag", "log"], BeforeVali
 class InputLimitsGuard(_Settings):
     """Caps on a request's input (guardrails/limits.py); over one: 400 ``guardrail_input_limit``."""
 
-    max_chars: int | None = Field(default=None, ge=1)  # message texts and tool-call arguments
-    max_tokens: int | None = Field(default=None, ge=1)  # prompt tokens, counted offline (tiktoken)
+    max_input_chars: int | None = Field(default=None, ge=1)  # message texts and tool-call arguments
+    max_input_tokens: int | None = Field(default=None, ge=1)  # prompt tokens, counted offline (tiktoken)
     mode: GuardMode = "block"
 
     @property
     def on(self) -> bool:
-        return self.mode != "off" and (self.max_chars is not None or self.max_tokens is not None)
+        return self.mode != "off" and (self.max_input_chars is not None or self.max_input_tokens is not None)
 
 
 class InjectionGuard(_Settings):

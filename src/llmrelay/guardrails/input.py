@@ -19,6 +19,7 @@ from ..config import GuardrailPolicy, InjectionGuard
 from ..pipeline import Call, Handler, Result
 from ..types import ChatRequest, Message
 from .engines import Engines
+from .limits import check_limits
 from .redaction import redact_request
 from .verdicts import found, note
 
@@ -56,9 +57,7 @@ class GuardInput:
         request = call.request
         limits = policy.limits
         if limits.on:
-            from .limits import check_limits
-
-            problem = check_limits(request, limits.max_chars, limits.max_tokens)
+            problem = check_limits(request, limits.max_input_chars, limits.max_input_tokens)
             if problem is None:
                 note(call, "input_limit", STAGE, "pass")
             else:
