@@ -51,6 +51,7 @@ def guard_config(simulator_url: str, home) -> dict:
         },
         {"name": "logging", **OA, "guardrails": {"injection": {"mode": "log"}}},
         {"name": "plain", **OA, "guardrails": {"injection": {"mode": "off"}}},
+        {"name": "scan-all", **OA, "guardrails": {"injection": {"scan": "all"}}},
         {
             "name": "provider-moderated",
             **OA,
@@ -171,6 +172,18 @@ async def test_flag_and_log_modes_let_the_call_through(client, guarded, model, h
     assert record.status == "success" and verdict(record, "injection")["verdict"] == (
         "flag" if header else "log"
     )
+
+
+def test_earlier_turns_are_rescanned_only_with_scan_all(client):
+    history = [
+        {"role": "user", "content": INJECTION},
+        {"role": "assistant", "content": "I can't do that."},
+        {"role": "user", "content": "Fine, tell me a joke then."},
+    ]
+    _, answer = ask(client, history, model="gpt-4o-mini")  # scan: latest, the default
+    assert answer.choices[0].message.content == "You said: Fine, tell me a joke then."
+    with pytest.raises(openai.BadRequestError):
+        ask(client, history, model="scan-all")
 
 
 def test_policies_differ_per_route(client):
@@ -361,6 +374,19 @@ async def test_a_harmful_streamed_answer_ends_in_an_error_event(client, guarded)
         )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "You said: hello there"
+
+
+def test_a_harmful_streamed_answer_ends_in_an_anthropic_error_event(claude):
+    received = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        claude.messages.stream(
+            model="answer-moderated", max_tokens=100, messages=[{"role": "user", "content": HARMFUL}]
+        ) as stream,
+    ):
+        for text in stream.text_stream:
+            received.append(text)
+    assert "moderation" in str(caught.value) and "".join(received) == f"You said: {HARMFUL}"
 
 
 # --- metrics ---------------------------------------------------------------------------------------
