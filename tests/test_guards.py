@@ -15,6 +15,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmrelay import Relay
+from llmrelay.errors import GuardrailBlocked
+
 from .conftest import free_port, gateway_config, recorded, start_process, stop_process
 
 # Until the injection engine's branch is merged (then this goes).
@@ -404,3 +407,22 @@ def test_metrics_count_blocks_per_guard(client, guarded):
         if s.name == "llmrelay_guardrail_blocks_total"
     }
     assert blocks["injection"] >= 1 and blocks["moderation"] >= 1 and blocks["pii"] >= 1
+
+
+# --- the library -----------------------------------------------------------------------------------
+
+
+async def test_the_library_raises_the_same_errors(simulator, tmp_path):
+    config = guard_config(simulator.url, tmp_path)
+    config["calllog"] = {"enabled": False}
+    async with Relay(config) as relay:
+        with pytest.raises(GuardrailBlocked) as caught:
+            await relay.complete(model="guarded", messages=[{"role": "user", "content": INJECTION}])
+        assert caught.value.status == 400 and caught.value.code == "guardrail_injection"
+        answer = await relay.complete(model="guarded", messages=[{"role": "user", "content": PII}])
+        assert "[EMAIL REDACTED]" in (answer.choices[0].message.content or "")
+        streamed = [
+            c async for c in relay.stream(model="guarded", messages=[{"role": "user", "content": PII}])
+        ]
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert text == answer.choices[0].message.content
