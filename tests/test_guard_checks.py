@@ -179,3 +179,57 @@ async def test_no_chunk_carries_a_piece_of_pii_at_any_split(size):
             assert not any(secret[i : i + 4] in text for secret in secrets for i in range(len(secret) - 3))
         assert out[-1].usage is not None and out[-2].choices[0].finish_reason == "stop"
     assert all(len(spans) == 3 for spans in ended)
+
+
+# --- the output stage against a stand-in upstream -------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["block", "flag"])
+async def test_a_reask_that_fails_upstream(mode):
+    """Block: the upstream's error (with the first answer's tokens); flag, log: the first answer."""
+    from llmrelay import Relay
+    from llmrelay.config import Settings
+    from llmrelay.errors import UpstreamUnavailable
+    from llmrelay.guardrails.output import GuardOutput
+    from llmrelay.pipeline import Call, compose
+
+    settings = Settings.from_dict(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": [{"name": "m", "provider": "p", "price": {"input": 1, "output": 1}}],
+            "guardrails": {"json": {"mode": mode}},
+        }
+    )
+    stage = GuardOutput.from_relay(Relay(settings))
+    broken = openai_format.parse_response(
+        {
+            "id": "x",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "{nope"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+        },
+        "m",
+    )
+    asked: list[int] = []
+
+    async def upstream(call: Call):
+        asked.append(len(call.request.messages))
+        if len(asked) == 1:
+            return broken
+        raise UpstreamUnavailable("down")
+
+    handler = compose([stage], upstream)
+    call = Call(request(response_format={"type": "json_object"}))
+    if mode == "block":
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await handler(call)
+        assert caught.value.usage == broken.usage
+    else:
+        assert await handler(call) == broken
+        assert call.extra["guardrails"][-1]["verdict"] == "flag"
+        assert "re-ask failed: down" in call.extra["guardrails"][-1]["reason"]
+    assert asked == [1, 3]  # the re-ask carried the answer and what is wrong with it
+    assert len(call.request.messages) == 1  # and the call's own request is as it was

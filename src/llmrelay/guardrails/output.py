@@ -117,8 +117,13 @@ class GuardOutput:
             try:
                 retry = await _whole(await next(call))  # the executor adds it to the attempts
             except GatewayError as error:
-                error.usage = response.usage
-                raise
+                if guard.mode == "block":
+                    error.usage = response.usage
+                    raise
+                # flag, log: the first answer as it came, as when the re-ask answers invalid JSON too
+                reason = f"{first_error}; the re-ask failed: {error.message}"
+                found(call, "json", STAGE, guard.mode, reason, reason=reason)
+                return response
             finally:
                 call.request = asked
             retry = retry.model_copy(update={"usage": added(response.usage, retry.usage)})
