@@ -99,8 +99,14 @@ class LocalEmbedder:
         self._memo = _Memo(memo_size)
 
     def _load(self):  # type: ignore[no-untyped-def]
+        from threadpoolctl import threadpool_limits
+
         from .bert import BertEncoder
 
+        # One BLAS thread: a query's small matrix products gain little from two, and on a busy
+        # machine a multi-threaded product waits for its slowest thread to be scheduled (p99
+        # lookups of 500 ms measured with two, under load). Process-wide: OpenBLAS has one setting.
+        threadpool_limits(limits=1, user_api="blas")
         return BertEncoder(self.model_dir)
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
