@@ -3,6 +3,7 @@ once per module) and, for the endpoint embedder, the simulator's /v1/embeddings.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import numpy as np
@@ -225,3 +226,24 @@ def test_settings_errors_name_the_fix() -> None:
                 backend="redis", embedder=EmbedderSettings(kind="http", base_url="http://x", model="m")
             )
         )
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("How do I reset my password?", "How can I reset my password?"),
+        ("How do I learn Python?", "how do i learn python"),  # case alone is no new name
+        ("What are Hugging Face Datasets?", "What is a hugging face dataset?"),  # plural
+        ("Is it raining in Paris today?", "Paris: is it raining today?"),  # a name at a sentence start
+        ("Which is better, GPT-4o or Claude?", "Which is better: Claude or GPT-4o?"),
+    ],
+)
+def test_verification_lets_paraphrases_through(cached: str, query: str) -> None:
+    assert Verifier().reject(query, cached) is None
+
+
+def test_verification_of_a_long_text_is_linear() -> None:
+    long = "This is a sentence about Paris. " * 5000  # 160 kB: a client may send anything
+    started = time.perf_counter()
+    assert Verifier().reject(long, long + " And Berlin.") == "name"
+    assert time.perf_counter() - started < 1.0  # was quadratic: seconds

@@ -25,8 +25,8 @@ from .redis_index import RedisSemanticIndex
 from .verify import Verifier
 
 # Chosen on bench/semantic_cache.py (bench/README.md) for all-MiniLM-L6-v2 with verification and
-# the 0.01 margin: the lowest threshold with QQP false hits under 10% (9.8% at 55.6% duplicate
-# recall; mock paraphrases 98.6% precision / 83.3% recall). Another embedder needs its own.
+# the 0.01 margin: the lowest threshold with QQP false hits under 10% (9.8% at 55.7% duplicate
+# recall; mock paraphrases 98.6% precision / 83.1% recall). Another embedder needs its own.
 DEFAULT_THRESHOLD = 0.84
 
 

@@ -50,6 +50,8 @@ class _Memo:
         return vector
 
     def put(self, text: str, vector: np.ndarray) -> None:
+        if len(text) > 2000:
+            return  # a long text is rarely asked twice, and would make the memo's size unbounded
         self.items[text] = vector
         if len(self.items) > self.size:
             self.items.popitem(last=False)

@@ -73,7 +73,8 @@ class _Partition:
             expansion_search=64,
         )
         n = len(self.labels)
-        index.add(np.asarray(self.labels, np.uint64), self.matrix[:n])
+        # One thread: the graph (and so every lookup) is then the same from run to run.
+        index.add(np.asarray(self.labels, np.uint64), self.matrix[:n], threads=1)
         self.hnsw = index
         self.labels, self.rows, self.matrix = [], {}, np.empty((0, self.dim), np.float32)
 

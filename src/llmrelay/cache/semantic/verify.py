@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 _WORD = re.compile(r"[^\W\d_](?:[\w'’.-]*\w)?|\d+(?:[.,]\d+)*", re.UNICODE)
-_SENTENCE_END = re.compile(r"[.!?:;\n]\s*$")
+_SENTENCE_BREAK = re.compile(r"[.!?:;\n]")
 _NEGATIONS = frozenset(
     ("not", "no", "never", "without", "none", "nothing", "nobody", "nowhere", "neither", "nor", "cannot")
 )
@@ -63,15 +63,22 @@ def _is_name(word: str, sentence_start: bool) -> bool:
     return word[0].isupper() and not sentence_start and word != "I"
 
 
-@lru_cache(maxsize=8192)
 def facts(text: str) -> Facts:
+    # Short texts (questions) recur and are cached; a long one is read once, in linear time.
+    return _facts(text) if len(text) > 2000 else _cached_facts(text)
+
+
+def _facts(text: str) -> Facts:
     negated = False
     numbers: set[str] = set()
     names: set[str] = set()
     stems: set[str] = set()
+    previous_end = 0
     for match in _WORD.finditer(text):
         word = match.group()
         lower = word.lower()
+        sentence_start = previous_end == 0 or bool(_SENTENCE_BREAK.search(text, previous_end, match.start()))
+        previous_end = match.end()
         if lower in _NEGATIONS or lower.endswith(("n't", "n’t")):
             negated = True
         if word[0].isdigit():
@@ -81,10 +88,12 @@ def facts(text: str) -> Facts:
             numbers.add(_NUMBER_WORDS[lower])
         stem = _stem(lower)
         stems.add(stem)
-        start = match.start() == 0 or bool(_SENTENCE_END.search(text[: match.start()]))
-        if _is_name(word, start):
+        if _is_name(word, sentence_start):
             names.add(stem)
     return Facts(negated, frozenset(numbers), frozenset(names), frozenset(stems))
+
+
+_cached_facts = lru_cache(maxsize=4096)(_facts)
 
 
 def _unmatched(names: frozenset[str], stems: frozenset[str]) -> list[str]:
