@@ -126,3 +126,19 @@ async def test_the_size_bound_is_shared_and_evictions_reach_every_replica(replic
 
 async def _is_none(awaitable) -> bool:  # type: ignore[no-untyped-def]
     return await awaitable is None
+
+
+async def test_without_redis_the_replica_keeps_working_alone(minilm: LocalEmbedder) -> None:  # noqa: F811
+    # No Redis at all (nothing listens on that port): adds stay local, lookups still work, and
+    # nothing raises into the request path.
+    from .conftest import free_port
+
+    index = RedisSemanticIndex(
+        SharedEmbedder(minilm), f"redis://127.0.0.1:{free_port()}/0", verifier=Verifier()
+    )
+    try:
+        await index.add("scope", "How do I reset my password?", "entry-1", ttl_s=30)
+        assert (await index.search("scope", "How can I reset my password?", 0.84))[0] == "entry-1"  # type: ignore[index]
+        assert index.stats["errors"] == 1
+    finally:
+        await index.aclose()

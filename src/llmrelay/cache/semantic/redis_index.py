@@ -90,18 +90,22 @@ class RedisSemanticIndex(LocalSemanticIndex):
         )
         self.max_entries = max_entries
         self.prefix = f"{prefix}:{embedder.name}"
-        self._redis = redis.Redis.from_url(redis_url)
+        # Bounded waits: an unreachable Redis must cost a lookup a miss, not a hang.
+        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
         self._add_script = self._redis.register_script(_ADD)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._synced = asyncio.Event()
         self._own: set[int] = set()  # added here, not yet seen on the stream (skip that echo)
 
-    async def start(self) -> None:
-        """Load the live entries and start following the stream (idempotent)."""
+    async def start(self, wait_s: float = 1.0) -> None:
+        """Load the live entries and follow the stream (idempotent). Waits up to ``wait_s`` for
+        the first load; a large one goes on in the background (lookups miss until it lands)."""
         if self._task is None:
             self._task = asyncio.create_task(self._follow(), name="llmrelay-semantic-follow")
-        await self._synced.wait()
+        if not self._synced.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._synced.wait(), wait_s)
 
     async def search(self, scope: str, query: str, threshold: float) -> tuple[str, float] | None:
         await self.start()
@@ -168,6 +172,7 @@ class RedisSemanticIndex(LocalSemanticIndex):
     async def _follow(self) -> None:
         stream = f"{self.prefix}:log"
         position: bytes | None = None
+        retry_s = 0.5
         while not self._closing:
             try:
                 if position is None:
@@ -181,11 +186,15 @@ class RedisSemanticIndex(LocalSemanticIndex):
                     for message_id, fields in messages:
                         self._apply(fields)
                         position = message_id
+                retry_s = 0.5
             except Exception as exc:  # never let the mirror die: reload and carry on
-                log.warning("semantic cache: lost the Redis stream, reloading in 1 s: %r", exc)
+                retry_s = min(30.0, retry_s * 2)
+                log.warning("semantic cache: lost the Redis stream, reloading in %.0f s: %r", retry_s, exc)
                 self._synced.set()  # serve from what we have meanwhile
                 position = None
-                await asyncio.sleep(1.0)
+                deadline = asyncio.get_running_loop().time() + retry_s
+                while not self._closing and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.2)
 
     async def aclose(self) -> None:
         self._closing = True
