@@ -1,0 +1,144 @@
+"""The shared semantic index against the machine's real Redis: several replicas, one cache.
+
+Skipped when Redis is absent, except under LLMRELAY_REQUIRE_SERVICES=1 (then it fails)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from llmrelay.cache.semantic import LocalEmbedder, RedisSemanticIndex, Verifier
+
+from .test_semantic import SharedEmbedder, minilm  # noqa: F401  (the module-scoped model fixture)
+
+REDIS_URL = os.environ.get("LLMRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_missing() -> str | None:
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "the redis package is not installed (pip install -e '.[dev]')"
+    parts = urlsplit(REDIS_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5).close()
+    except OSError as exc:
+        return f"no Redis at {REDIS_URL} ({exc.strerror or exc})"
+    return None
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    reason = _redis_missing()
+    if reason:
+        if os.environ.get("LLMRELAY_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"LLMRELAY_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+    import redis
+
+    prefix = f"llmrelay-test:{uuid.uuid4().hex}:semantic"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        yield prefix
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        # Everything written expires by itself: nothing accumulates in a long-lived Redis.
+        assert all(client.pttl(k) > 0 for k in keys), [k for k in keys if client.pttl(k) <= 0]
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def replicas(
+    redis_prefix: str,
+    minilm: LocalEmbedder,  # noqa: F811
+) -> AsyncIterator[Callable[..., RedisSemanticIndex]]:
+    started: list[RedisSemanticIndex] = []
+
+    def replica(**kw: int) -> RedisSemanticIndex:
+        index = RedisSemanticIndex(
+            SharedEmbedder(minilm), REDIS_URL, prefix=redis_prefix, verifier=Verifier(), **kw
+        )
+        started.append(index)
+        return index
+
+    yield replica
+    await asyncio.gather(*(index.aclose() for index in started))
+
+
+async def eventually(check: Callable[[], object], timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():  # type: ignore[misc]
+        assert asyncio.get_running_loop().time() < deadline, "replicas did not converge"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_answer_cached_by_one_replica_is_found_by_the_others(replicas) -> None:  # type: ignore[no-untyped-def]
+    a, b = replicas(), replicas()
+    await a.start()
+    await b.start()
+    await a.add("scope", "How do I reset my password?", "entry-1", ttl_s=30)
+    assert await a.search("scope", "How can I reset my password?", 0.86) == (
+        "entry-1",
+        pytest.approx(0.99, abs=0.01),
+    )
+    await eventually(lambda: b.search("scope", "How can I reset my password?", 0.86))
+    # A replica started later loads what is already there.
+    c = replicas()
+    assert (await c.search("scope", "How can I reset my password?", 0.86))[0] == "entry-1"  # type: ignore[index]
+    # Scopes and verification hold across replicas too.
+    assert await c.search("other-scope", "How can I reset my password?", 0.86) is None
+    assert await c.search("scope", "How do I not reset my password?", 0.8) is None
+
+
+async def test_ttl_is_honoured_in_redis_and_in_every_mirror(replicas) -> None:  # type: ignore[no-untyped-def]
+    a, b = replicas(), replicas()
+    await b.start()
+    await a.add("scope", "What is the capital of France?", "entry-1", ttl_s=0.4)
+    await eventually(lambda: b.search("scope", "What is the capital of France?", 0.9))
+    await asyncio.sleep(0.5)
+    for replica in (a, b, replicas()):
+        assert await replica.search("scope", "What is the capital of France?", 0.9) is None
+
+
+async def test_the_size_bound_is_shared_and_evictions_reach_every_replica(replicas) -> None:  # type: ignore[no-untyped-def]
+    a, b = replicas(max_entries=2), replicas(max_entries=2)
+    await b.start()
+    questions = [
+        "How do I reset my password?",
+        "What is the capital of France?",
+        "How many legs does a spider have?",
+    ]
+    for i, q in enumerate(questions):
+        await a.add("scope", q, f"entry-{i}", ttl_s=30 + i)  # entry-0 expires first: it goes first
+    await eventually(lambda: b.search("scope", questions[2], 0.9))
+    await eventually(lambda: _is_none(b.search("scope", questions[0], 0.9)))
+    assert await a.search("scope", questions[0], 0.9) is None
+    assert len(a) == len(b) == 2
+
+
+async def _is_none(awaitable) -> bool:  # type: ignore[no-untyped-def]
+    return await awaitable is None
+
+
+async def test_without_redis_the_replica_keeps_working_alone(minilm: LocalEmbedder) -> None:  # noqa: F811
+    # No Redis at all (nothing listens on that port): adds stay local, lookups still work, and
+    # nothing raises into the request path.
+    from .conftest import free_port
+
+    index = RedisSemanticIndex(
+        SharedEmbedder(minilm), f"redis://127.0.0.1:{free_port()}/0", verifier=Verifier()
+    )
+    try:
+        await index.add("scope", "How do I reset my password?", "entry-1", ttl_s=30)
+        assert (await index.search("scope", "How can I reset my password?", 0.84))[0] == "entry-1"  # type: ignore[index]
+        assert index.stats["errors"] == 1
+    finally:
+        await index.aclose()
