@@ -145,7 +145,8 @@ class InjectionGuard(_Settings):
     """Prompt-injection and jailbreak detection on user messages and tool results."""
 
     mode: GuardMode = "off"
-    threshold: float = Field(default=0.5, gt=0, lt=1)  # the detector's score from which it flags
+    # The detector's score from which it flags; None: its own calibrated operating point.
+    threshold: float | None = Field(default=None, gt=0, lt=1)
     # latest: the turn's new input (what follows the last assistant message; earlier turns were
     # checked when they were new); all: every user message and tool result, every time.
     scan: Literal["latest", "all"] = "latest"

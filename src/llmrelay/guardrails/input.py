@@ -77,7 +77,9 @@ class GuardInput:
         worst, where = None, None
         for message in _turn(call.request, guard.scan):
             if message.role in roles and (text := message.text()):
-                verdict = detector.check(text, guard.threshold)
+                verdict = (
+                    detector.check(text) if guard.threshold is None else detector.check(text, guard.threshold)
+                )
                 if worst is None or verdict.score > worst.score:
                     worst, where = verdict, message.role
         if worst is None:
@@ -93,7 +95,7 @@ class GuardInput:
             STAGE,
             guard.mode,
             f"The request was blocked by the injection guardrail: {source} looks like a prompt injection "
-            f"or jailbreak (score {score:.2f}, threshold {guard.threshold:g}).",
+            f"or jailbreak (score {score:.2f}{_reason(worst.reason)}).",
             score=score,
             reason=worst.reason,
             source=where,
@@ -132,3 +134,8 @@ def _turn(request: ChatRequest, scan: str) -> list[Message]:
         if messages[i].role == "assistant":
             return messages[i + 1 :]
     return messages
+
+
+def _reason(reason: str) -> str:
+    """The detector's reason, for the client: which rule fired, or nothing (the model's score)."""
+    return f", {reason.replace(':', ' ')}" if reason.startswith("rule:") else ""
