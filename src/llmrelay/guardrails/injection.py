@@ -1,0 +1,366 @@
+"""Prompt-injection and jailbreak detection: a rule layer and a small trained linear model.
+
+    detector = InjectionDetector.load()          # the model shipped in guardrails/models/
+    detector.score("Ignore previous instructions and ...")        # 0..1
+    detector.check(text, threshold=0.5)  # Verdict(flagged=True, score=0.97, reason="rule:ignore-previous")
+
+The **rules** catch the classic payloads by their phrasing ("ignore all previous instructions",
+"reveal your system prompt", DAN-style personas, fake chat-markup turns) after undoing the usual
+disguises: Unicode look-alikes and full-width letters, zero-width characters, leetspeak
+("1gn0r3"), spacing or punctuation between letters ("i.g.n.o.r.e"), and payloads encoded in
+base64 or Morse code, which are decoded and checked in turn (rules and model). A rule hit flags the
+text whatever the model says.
+
+The **model** is logistic regression over hashed character 3-5-grams and word 1-2-grams
+(``injection_features``), trained by ``scripts/train_injection.py`` and scored with numpy alone.
+Its figures (cross-validated, leave-one-source-out) are in docs/guardrails.md.
+
+What to scan is the caller's choice: the guard stage is expected to pass each user message and
+each tool result (indirect injection arrives through tools) separately, not system prompts, which
+the application wrote itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .injection_features import hashed_ngrams, linear_score, normalize
+
+MODEL_PATH = Path(__file__).with_name("models") / "injection.npz"
+# The shipped model's scores are shifted so that 0.5 is the operating point measured by the
+# training script (see docs/guardrails.md); lower flags more, higher flags less.
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    flagged: bool
+    score: float  # the model's score, 0..1, also when a rule decided
+    reason: str  # "rule:<name>", "model", or "" when not flagged
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A named pattern, tried only when one of its keywords is in the text.
+
+    Every match of ``pattern`` must contain one of ``keywords``: the substring test costs a
+    microsecond, the regex tens of them, and most texts contain none of the keywords.
+    """
+
+    name: str
+    keywords: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+    def search(self, text: str) -> bool:
+        return any(k in text for k in self.keywords) and self.pattern.search(text) is not None
+
+
+def _phrases(firsts: str, seconds: str) -> tuple[str, ...]:
+    """Every "first second" pair: the keywords of a rule whose match holds such a pair."""
+    return tuple(f"{a} {b}" for a in firsts.split() for b in seconds.split())
+
+
+_W = r"(?:\w+\W+)"  # one filler word and what follows it
+# One Rule per alternative, each with the keywords that alternative cannot match without:
+# normalised text has single spaces, so multi-word keywords are exact.
+RULES = (
+    Rule(
+        "ignore-previous",
+        (
+            "ignor",
+            "disregard",
+            "forget",
+            "overrid",
+            "overwrit",
+            "bypass",
+            "skip",
+            "neglect",
+            "abandon",
+            "drop",
+            "discard",
+        ),
+        re.compile(
+            r"\b(?:ignore|disregard|forget|override|overwrite|bypass|skip|neglect|abandon|drop|discard)\W+"
+            rf"{_W}{{0,3}}(?:previous|prior|preceding|above|earlier|foregoing|former|original|initial|all)\W+"
+            rf"{_W}{{0,2}}(?:instructions?|directions?|directives?|prompts?|rules|guidelines|commands?|"
+            r"context|text|messages?|orders|guidance)\b"
+        ),
+    ),
+    Rule(
+        "new-instructions",
+        _phrases("new updated real actual true system", "instruction directive rules"),
+        re.compile(
+            r"\b(?:new|updated|real|actual|true) (?:system )?(?:instructions?|directives?|rules) ?(?::|follow\b)"
+        ),
+    ),
+    Rule(
+        "new-instructions",
+        ("overrid", "supersede", "replace"),
+        re.compile(
+            r"\binstructions?\W+(?:\w+\W+){0,3}?(?:override|supersede|replace)s?\W+(?:\w+\W+){0,2}?"
+            r"(?:previous|prior|all|any|other)\b"
+        ),
+    ),
+    Rule(
+        "new-instructions",
+        ("instructions are", "instructions were"),
+        re.compile(
+            r"\b(?:previous|prior|above|all) instructions (?:are|were) (?:false|void|wrong|cancelled|obsolete)"
+        ),
+    ),
+    Rule(
+        "reveal-prompt",
+        (
+            *_phrases("system initial original hidden secret", "prompt instruction message rules"),
+            "preprompt",
+            "pre-prompt",
+            *_phrases("instruction instructions", "you given above"),
+        ),
+        re.compile(
+            r"\b(?:reveal|show|print|repeat|output|display|tell|give|list|leak|spell|write|recite|dump|echo|"
+            r"share|respond with|what (?:is|are|was|were))\W+"
+            rf"{_W}{{0,4}}(?:your|the|all|my)\W+{_W}{{0,2}}"
+            r"(?:(?:system|initial|original|hidden|secret) prompt|pre-?prompt|"
+            r"(?:system|initial|original|hidden|secret) (?:instructions?|message|rules)|"
+            r"instructions? (?:you (?:were|have been|got) given|given to you|above|you have|you received))"
+        ),
+    ),
+    Rule("persona-override", ("do anything now",), re.compile(r"\bdo anything now\b")),
+    Rule(
+        "persona-override",
+        (" mode",),
+        re.compile(
+            r"\b(?:dan|stan|dude|god|jailbreak|jailbroken|evil|rtm) mode\b(?! of)"
+            r"|\bdeveloper mode (?:enabled|output|response)|\bsimulat\w* developer mode"
+        ),
+    ),
+    Rule("persona-override", ("stands for",), re.compile(r"\bdan\W+(?:\w+\W+){0,2}?stands for\b")),
+    Rule(
+        "persona-override",
+        ("confines of", "restrictions of", "filters of", "limitations of"),
+        re.compile(
+            r"\b(?:free|freed|broken free|liberated) (?:of|from) (?:all |any |the )?(?:typical )?"
+            r"(?:confines|restrictions|filters|limitations) of (?:ai|an ai|openai|chatgpt|a language model)"
+        ),
+    ),
+    Rule(
+        "persona-override",
+        ("openai", "anthropic", "chatgpt"),
+        re.compile(
+            r"\b(?:ignores?|bypass(?:es)?|breaks?|not bound by|doesn't follow|does not follow|free of)\W+"
+            r"(?:\w+\W+){0,3}?(?:openai|anthropic|chatgpt)(?:'s)?\W+(?:\w+\W+){0,2}?(?:content |usage )?"
+            r"(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)"
+        ),
+    ),
+    # Chat-template tokens and headers that fake a system or instruction turn.
+    Rule(
+        "role-markup",
+        ("<|", "<im_", "<system", "<endoftext", "<start_header_id"),
+        re.compile(r"<\|?(?:im_start|im_end|system|endoftext|start_header_id)\|?>"),
+    ),
+    Rule(
+        "role-markup",
+        ("[inst]", "[/inst]", "[sys]", "[/sys]", "<<sys>>", "<</sys>>"),
+        re.compile(r"\[/?(?:inst|sys)\]|<</?sys>>"),
+    ),
+    Rule("role-markup", ("##",), re.compile(r"(?:^| )#{2,} ?(?:system|new instructions?)\b")),
+    Rule(
+        "role-markup",
+        _phrases("system admin developer", "override message"),
+        re.compile(r"\b(?:system|admin|developer) (?:override|message) ?:"),
+    ),
+)
+# The same phrases with every space and punctuation mark gone, for "i g n o r e" and "ign-ore".
+COMPACT_RULES = (
+    Rule(
+        "ignore-previous",
+        ("ignor", "disregard", "forget"),
+        re.compile(
+            r"(?:ignore|disregard|forget)(?:all|the|any|your|my|of)*(?:previous|prior|preceding|above|earlier)"
+            r"(?:instructions?|directions?|prompts?|rules|guidelines|commands?)"
+        ),
+    ),
+    Rule(
+        "reveal-prompt",
+        ("reveal", "print", "show", "repeat", "output"),
+        re.compile(
+            r"(?:reveal|print|show|repeat|output)(?:your|the|me)*(?:systemprompt|initialprompt|hiddenprompt)"
+        ),
+    ),
+    Rule("persona-override", ("doanythingnow",), re.compile("doanythingnow")),
+)
+# Cyrillic and Greek letters that look Latin (NFKC leaves them alone).
+_CONFUSABLES = str.maketrans("аеорсухіјѕԁɡοαειкνтυρ", "aeopcyxijsdgoaeikvtup")
+_CONFUSABLE_RX = re.compile("[аеорсухіјѕԁɡοαειкνтυρ]")
+_LEET_CHARS = b"013457@$|!"
+_LEET = bytes.maketrans(_LEET_CHARS, b"oieastasii")
+_NON_LETTERS = bytes(c for c in range(256) if not (97 <= c <= 122))
+_BASE64_RX = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+_MORSE_RX = re.compile(r"(?:[.\-]{1,7}[ /]+){8,}[.\-]{1,7}")
+_MORSE_CODES = (
+    ".- -... -.-. -.. . ..-. --. .... .. .--- -.- .-.. -- -. --- .--. --.- .-. ... - ..- ...- .-- -..- -.-- --.. "
+    "----- .---- ..--- ...-- ....- ..... -.... --... ---.. ----. .-.-.- --..-- ..--.. -.-.--"
+)
+_MORSE = dict(zip(_MORSE_CODES.split(), "abcdefghijklmnopqrstuvwxyz0123456789.,?!", strict=True))
+
+
+class RuleSet:
+    """The rule layer alone: ``match`` returns the name of the first rule that fires, or None."""
+
+    def __init__(
+        self, rules: tuple[Rule, ...] = RULES, compact_rules: tuple[Rule, ...] = COMPACT_RULES
+    ) -> None:
+        self.rules = rules
+        self.compact_rules = compact_rules
+
+    def match(self, text: str, normalized: str | None = None, decode: bool = True) -> str | None:
+        """``normalized`` saves normalising again; ``decode=False`` skips the encoded payloads."""
+        hit = self._match_normalized(normalize(text) if normalized is None else normalized)
+        if hit or not decode:
+            return hit
+        for decoded in decoded_payloads(text):
+            if self._match_normalized(normalize(decoded)):
+                return "encoded-instructions"
+        return None
+
+    def _match_normalized(self, text: str) -> str | None:
+        if not text.isascii() and _CONFUSABLE_RX.search(text):
+            text = text.translate(_CONFUSABLES)
+        variants = [text]
+        # Leetspeak and letters split by spaces or punctuation defeat word boundaries: undo both.
+        ascii_bytes = text.encode("ascii", "ignore")
+        leet = ascii_bytes.translate(_LEET)
+        if len(ascii_bytes) - len(ascii_bytes.translate(None, _LEET_CHARS)) >= 3:
+            variants.append(leet.decode())
+        for variant in variants:
+            for rule in self.rules:
+                if rule.search(variant):
+                    return rule.name
+        compact = leet.translate(None, _NON_LETTERS).decode()
+        for rule in self.compact_rules:
+            if rule.search(compact):
+                return rule.name
+        return None
+
+
+def decoded_payloads(text: str, limit: int = 4) -> list[str]:
+    """Readable text hidden in base64 runs or Morse code (at most ``limit`` pieces)."""
+    out: list[str] = []
+    # Cheap tests first: base64 worth decoding is one long token, Morse is full of ".-" and "-.".
+    if max(map(len, text.split()), default=0) >= 24:
+        for m in _BASE64_RX.finditer(text):
+            chunk = m.group()
+            try:
+                decoded = base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            if decoded and sum(c.isprintable() or c.isspace() for c in decoded) / len(decoded) > 0.95:
+                out.append(decoded)
+                if len(out) >= limit:
+                    return out
+    if text.count(".-") + text.count("-.") >= 8:
+        for m in _MORSE_RX.finditer(text):
+            words = re.split(r"\s*/\s*|\s{2,}", m.group())
+            out.append(" ".join("".join(_MORSE.get(code, "") for code in word.split()) for word in words))
+            if len(out) >= limit:
+                break
+    return out
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """Logistic regression over hashed n-gram buckets, as stored: int8 weights and one scale."""
+
+    weights: np.ndarray  # float32, dequantised, one per bucket
+    bias: float
+    config: dict  # features (bits, char_n, word_n), weight scale, and how it was trained
+
+    @classmethod
+    def quantize(cls, coef: np.ndarray, intercept: float, config: dict) -> LinearModel:
+        scale = float(np.abs(coef).max()) / 127 or 1.0
+        q = np.round(coef / scale).astype(np.int8)
+        return cls(q.astype(np.float32) * np.float32(scale), intercept, {**config, "scale": scale})
+
+    def save(self, path: Path) -> None:
+        scale = self.config["scale"]
+        q = np.round(self.weights / scale).astype(np.int8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:  # a file object: np.savez would append ".npz" to a str path
+            np.savez_compressed(f, weights=q, bias=np.float64(self.bias), config=json.dumps(self.config))
+
+    @classmethod
+    def load(cls, path: Path) -> LinearModel:
+        with np.load(path, allow_pickle=False) as data:
+            config = json.loads(str(data["config"]))
+            weights = data["weights"].astype(np.float32) * np.float32(config["scale"])
+            return cls(weights, float(data["bias"]), config)
+
+    def logit(self, normalized: str) -> float:
+        c = self.config
+        return self.bias + linear_score(
+            hashed_ngrams(normalized, c["bits"], tuple(c["char_n"]), c["word_n"]), self.weights
+        )
+
+    def score_matrix(self, X) -> np.ndarray:
+        """Scores of a training-side feature matrix (rows of ``featurize``), for the training script."""
+        return 1.0 / (1.0 + np.exp(-(X @ self.weights.astype(np.float64) + self.bias)))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+class InjectionDetector:
+    """Rules plus the trained model. Thread-safe: nothing changes after ``load``."""
+
+    def __init__(self, model: LinearModel, rules: RuleSet | None = None) -> None:
+        self.model = model
+        self.rules = rules or RuleSet()
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> InjectionDetector:
+        """The model shipped with the package (or another file written by the training script)."""
+        return cls(LinearModel.load(path or MODEL_PATH))
+
+    def score(self, text: str) -> float:
+        """How much ``text`` looks like an injection or jailbreak, 0..1 (the model alone)."""
+        return self._score_normalized(normalize(text))
+
+    def _score_normalized(self, normalized: str) -> float:
+        return _sigmoid(self.model.logit(normalized)) if normalized else 0.0
+
+    def check(self, text: str, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
+        """Flagged when a rule fires or the score reaches ``threshold``; rules are named first.
+
+        Text decoded from base64 or Morse code inside ``text`` is checked too (rules, then the
+        model); flagged there, the reason is ``rule:encoded-instructions``.
+        """
+        normalized = normalize(text)
+        score = self._score_normalized(normalized)
+        rule = self.rules.match(text, normalized, decode=False)
+        if rule:
+            return Verdict(True, score, f"rule:{rule}")
+        payloads = [normalize(p) for p in decoded_payloads(text)]
+        if any(self.rules.match(p, p, decode=False) for p in payloads):
+            return Verdict(True, score, "rule:encoded-instructions")
+        if score >= threshold:
+            return Verdict(True, score, "model")
+        for payload in payloads:
+            hidden = self._score_normalized(payload)
+            if hidden >= threshold:
+                return Verdict(True, hidden, "rule:encoded-instructions")
+        return Verdict(False, score, "")
