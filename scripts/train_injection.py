@@ -39,6 +39,9 @@ import numpy as np
 from llmrelay.guardrails.injection import MODEL_PATH, InjectionDetector, LinearModel, RuleSet
 from llmrelay.guardrails.injection_features import featurize
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from injection_synthetic import synthetic_rows  # noqa: E402  (scripts/ is not a package)
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 ATTACK_SOURCES = ("jailbreak_inthewild_2023_05_07", "pallms_payloads", "pint_example")
@@ -53,7 +56,7 @@ EXTRA_BENIGN = {
     "presidio_synth_v2": ("text", 300),
     "presidio_generated_large": ("text", 300),
 }
-REPORTED = (*ATTACK_SOURCES, *HARD_NEGATIVES)
+SYNTHETIC = "synthetic"  # scripts/injection_synthetic.py: always trained on, never measured
 
 
 @dataclass
@@ -68,7 +71,7 @@ def read_jsonl(name: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_rows(data_seed: int) -> list[Row]:
+def load_rows(data_seed: int, synthetic: bool = True, benign_scale: float = 1.0) -> list[Row]:
     rows = [
         Row(r["text"], int(r["label"]), name)
         for name in ATTACK_SOURCES + HARD_NEGATIVES
@@ -81,9 +84,12 @@ def load_rows(data_seed: int) -> list[Row]:
             value = r[field]
             texts.extend(value if isinstance(value, list) else [value])
         texts = sorted(set(texts))
-        if cap and len(texts) > cap:
-            texts = rng.sample(texts, cap)
+        if cap and len(texts) > cap * benign_scale:
+            texts = rng.sample(texts, int(cap * benign_scale))
         rows.extend(Row(t, 0, name) for t in texts)
+    if synthetic:
+        attacks, benign = synthetic_rows(data_seed)
+        rows += [Row(t, 1, SYNTHETIC) for t in attacks] + [Row(t, 0, SYNTHETIC) for t in benign]
     return rows
 
 
@@ -144,19 +150,21 @@ def design_matrix(texts: list[str], config: dict):
     )
 
 
-def sample_weights(rows: list[Row], hard_negative_weight: float) -> np.ndarray:
-    """Balance the classes, then weigh the hard negatives up: their accuracy is the goal's tight side."""
+def sample_weights(rows: list[Row], config: dict) -> np.ndarray:
+    """Balance the classes, then weigh the hard negatives up (their accuracy is the goal's tight
+    side) and the synthetic rows down (templates repeat themselves)."""
     labels = np.array([r.label for r in rows])
     w = np.where(labels == 1, len(rows) / (2 * labels.sum()), len(rows) / (2 * (len(rows) - labels.sum())))
-    hard = np.array([r.source in HARD_NEGATIVES for r in rows])
-    return w * np.where(hard, hard_negative_weight, 1.0)
+    source = np.array([r.source for r in rows])
+    w = w * np.where(np.isin(source, HARD_NEGATIVES), config["hard_negative_weight"], 1.0)
+    return w * np.where(source == SYNTHETIC, config["synthetic_weight"], 1.0)
 
 
 def fit(rows: list[Row], X, config: dict) -> LinearModel:
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=config["C"], max_iter=2000, solver="liblinear")
-    clf.fit(X, [r.label for r in rows], sample_weight=sample_weights(rows, config["hard_negative_weight"]))
+    clf.fit(X, [r.label for r in rows], sample_weight=sample_weights(rows, config))
     # Move the chosen operating point to 0.5, so that a route's threshold of 0.5 means "as measured".
     point = config["operating_point"]
     return LinearModel.quantize(
@@ -170,7 +178,7 @@ def fit(rows: list[Row], X, config: dict) -> LinearModel:
 def rates(rows: list[Row], flagged: np.ndarray) -> dict[str, tuple[float, int]]:
     """Per source: the share handled correctly (attacks flagged, benign passed) and the count."""
     out = {}
-    for source in dict.fromkeys(r.source for r in rows):
+    for source in dict.fromkeys(r.source for r in rows if r.source != SYNTHETIC):
         mask = np.array([r.source == source for r in rows])
         labels = np.array([r.label for r in rows])[mask]
         correct = flagged[mask] == (labels == 1)
@@ -182,12 +190,15 @@ def cross_validate(rows: list[Row], X, config: dict, seed: int, folds: int = 5) 
     """Out-of-fold scores: folds stratified by source, near-duplicates kept in one fold."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    groups = near_duplicate_groups(rows)
-    scores = np.zeros(len(rows))
+    synthetic = np.flatnonzero([r.source == SYNTHETIC for r in rows])
+    real = np.flatnonzero([r.source != SYNTHETIC for r in rows])
+    groups = near_duplicate_groups([rows[i] for i in real])
+    scores = np.full(len(rows), np.nan)  # synthetic rows get none
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in splitter.split(X, [r.source for r in rows], groups):
+    for train, test in splitter.split(real, [rows[i].source for i in real], groups):
+        train = np.concatenate([real[train], synthetic])
         model = fit([rows[i] for i in train], X[train], config)
-        scores[test] = model.score_matrix(X[test])
+        scores[real[test]] = model.score_matrix(X[real[test]])
     return scores
 
 
@@ -213,6 +224,28 @@ def print_table(title: str, columns: dict[str, dict[str, tuple[float, int]]]) ->
         print(f"  {source:34s}" + "".join(cells))
 
 
+def print_sweep(rows: list[Row], oof: np.ndarray, rule_hits: np.ndarray) -> None:
+    """Rules + model, out of fold, at other thresholds: what a route trades by moving its own."""
+    groups = {
+        "in-the-wild": ["jailbreak_inthewild_2023_05_07"],
+        "pallms": ["pallms_payloads"],
+        "notinject": ["notinject_benign"],
+        "wildguard": ["wildguard_benign"],
+        "other benign": list(EXTRA_BENIGN),
+    }
+    print("\nthreshold sweep (rules+model, out-of-fold; share handled correctly)")
+    print("  threshold" + "".join(f"{g:>14s}" for g in groups))
+    source = np.array([r.source for r in rows])
+    labels = np.array([r.label for r in rows])
+    for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        flagged = rule_hits | (np.nan_to_num(oof) >= t)
+        cells = []
+        for names in groups.values():
+            mask = np.isin(source, names)
+            cells.append(f"{(flagged[mask] == (labels[mask] == 1)).mean() * 100:13.1f}%")
+        print(f"  {t:9.1f}" + "".join(cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -231,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-write", action="store_true", help="print the figures, do not write the model file"
     )
     parser.add_argument("--skip-loso", action="store_true")
+    parser.add_argument(
+        "--no-synthetic", action="store_true", help="train without scripts/injection_synthetic.py"
+    )
+    parser.add_argument("--synthetic-weight", type=float, default=0.5)
+    parser.add_argument(
+        "--benign-scale", type=float, default=1.0, help="multiplies the caps on the extra benign sets"
+    )
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"no data at {DATA}", file=sys.stderr)
@@ -243,13 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         "hard_negative_weight": args.hard_negative_weight,
         "operating_point": args.operating_point,
         "seed": args.seed,
+        "synthetic_weight": 0.0 if args.no_synthetic else args.synthetic_weight,
     }
     started = time.perf_counter()
-    rows = load_rows(args.seed)
+    rows = load_rows(args.seed, synthetic=not args.no_synthetic, benign_scale=args.benign_scale)
     xs = load_xstest()
     X = design_matrix([r.text for r in rows], config)
     X_xs = design_matrix([r.text for r in xs], config)
-    print(f"{len(rows)} training rows ({sum(r.label for r in rows)} attacks), config {config}")
+    n_synthetic = sum(r.source == SYNTHETIC for r in rows)
+    print(
+        f"{len(rows)} training rows ({sum(r.label for r in rows)} attacks; {n_synthetic} synthetic), config {config}"
+    )
     rules = RuleSet()
     rule_hits = np.array([rules.match(r.text) is not None for r in rows])
     rule_hits_xs = np.array([rules.match(r.text) is not None for r in xs])
@@ -262,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "rules+model": rates(rows, rule_hits | (oof >= t)),
     }
     print_table(f"5-fold cross-validation (out-of-fold, threshold {t})", columns)
+    print_sweep(rows, oof, rule_hits)
 
     final = fit(rows, X, config)
     xs_scores = final.score_matrix(X_xs)

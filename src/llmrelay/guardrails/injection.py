@@ -97,6 +97,42 @@ RULES = (
             r"context|text|messages?|orders|guidance)\b"
         ),
     ),
+    Rule(  # the same in German, French, Spanish, Italian, Portuguese and Dutch
+        "ignore-previous",
+        (
+            "ignorier",
+            "vergiss",
+            "vergessen",
+            "ignore",
+            "oubli",
+            "ignora",
+            "olvid",
+            "dimentic",
+            "esque",
+            "negeer",
+            "vergeet",
+        ),
+        re.compile(
+            r"\b(?:ignorier\w*|vergiss|vergessen sie)\b(?: \w+){0,3}? (?:vorherigen?|bisherigen?|obigen?|alle[ns]?|"
+            r"vorangegangenen?|früheren?) (?:\w+ )?(?:anweisungen|instruktionen|befehle|regeln|vorgaben)"
+            r"|\b(?:ignore[zr]?|oublie[zr]?)\b(?: \w+){0,3}? (?:instructions?|consignes|règles|directives) "
+            r"(?:précédentes?|antérieures?|ci-dessus)"
+            r"|\b(?:ignora\w*|ignore|olvid\w*|dimentic\w*|esque[çc]\w*)\b(?: \w+){0,3}? "
+            r"(?:instrucciones|reglas|indicaciones|istruzioni|regole|instruções|instrucoes|regras) "
+            r"(?:anteriores|previas|precedenti|prévias|de arriba|di sopra|acima)"
+            r"|\b(?:negeer|vergeet)\b(?: \w+){0,3}? (?:vorige|eerdere|voorgaande|bovenstaande) "
+            r"(?:instructies|regels|opdrachten)"
+        ),
+    ),
+    Rule(  # Chinese, Russian, Japanese
+        "ignore-previous",
+        ("忽略", "игнорир", "забудь", "無視"),
+        re.compile(
+            r"忽略(?:你|掉)?(?:之前|以上|上面|先前|前面|所有)(?:的)?(?:所有|全部)?(?:的)?(?:指令|指示|规则|提示)"
+            r"|(?:игнорир\w*|забудь)(?: \w+){0,2}? (?:предыдущие|прежние|все|свои) (?:\w+ )?(?:инструкции|указания|правила)"
+            r"|(?:以前|前|上記|これまで)の(?:指示|命令|ルール)(?:を)?(?:すべて|全て)?無視"
+        ),
+    ),
     Rule(
         "new-instructions",
         _phrases("new updated real actual true system", "instruction directive rules"),
@@ -235,9 +271,11 @@ class RuleSet:
         return None
 
     def _match_normalized(self, text: str) -> str | None:
-        if not text.isascii() and _CONFUSABLE_RX.search(text):
-            text = text.translate(_CONFUSABLES)
         variants = [text]
+        if not text.isascii() and _CONFUSABLE_RX.search(text):
+            # Latin look-alikes folded: a second variant, as real Cyrillic or Greek has rules too.
+            text = text.translate(_CONFUSABLES)
+            variants.append(text)
         # Leetspeak and letters split by spaces or punctuation defeat word boundaries: undo both.
         ascii_bytes = text.encode("ascii", "ignore")
         leet = ascii_bytes.translate(_LEET)
