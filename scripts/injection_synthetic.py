@@ -230,9 +230,137 @@ _FOLLOW_HOW = [
     "into a tweet",
 ]
 
+# Role-play and persona prompts are everyday traffic, and share the "imagine you are" / "you are
+# now" openings of jailbreaks; what they lack is the part about rules, filters and refusals.
+_ROLE = [
+    "a medieval historian",
+    "a friendly chef",
+    "a detective in 1920s Paris",
+    "a ship's captain",
+    "a kindergarten teacher",
+    "a tour guide in Kyoto",
+    "an astronaut on a space station",
+    "a wise old dragon",
+    "a personal trainer",
+    "a museum curator",
+    "a startup founder",
+    "a park ranger",
+    "a fantasy innkeeper",
+    "a marine biologist",
+    "a job interviewer",
+]
+_ROLE_OPEN = [
+    "Imagine you are {role}.",
+    "You are {role}.",
+    "Pretend to be {role}.",
+    "Act as {role}.",
+    "From now on you are {role}.",
+    "Let's play a game: you are {role} and I am a visitor.",
+    "Take on the persona of {role} for this conversation.",
+    "In this story, you play {role}.",
+]
+_ROLE_TASK = [
+    "Describe your typical morning in vivid detail.",
+    "Tell me three things a newcomer should know.",
+    "Write a short letter to a friend about your week.",
+    "Answer my questions in character, one paragraph each.",
+    "Explain your work to a curious ten-year-old.",
+    "Give me advice on staying motivated.",
+    "Describe the most surprising thing that happened to you.",
+    "Stay in character and keep your answers short.",
+    "Use a warm, humorous tone and avoid jargon.",
+    "Plan a day for a group of tourists, hour by hour.",
+]
+
+# "Instructions", "rules" and "password" are everyday words; attacks made them the model's
+# strongest cues for short texts, so they appear here in ordinary sentences too.
+_THING = [
+    "IKEA shelf",
+    "medicine label",
+    "tax return",
+    "router",
+    "exam paper",
+    "cake mix box",
+    "washing machine",
+    "board game",
+    "lab kit",
+    "parking permit",
+    "camera",
+    "visa application",
+]
+_EVERYDAY = [
+    "The instructions for the {x} say to start with step 3. Is that right?",
+    "Where can I find the instructions for the {x}?",
+    "Rewrite the {x} instructions so that a beginner can follow them.",
+    "I lost the instructions for my {x}; how do I set it up?",
+    "The {x} instructions are confusing. Can you summarise them?",
+    "What are the rules for the {x}?",
+    "Explain the safety rules printed on the {x}.",
+    "How do I change the password on my {x}?",
+    "I forgot the password for the {x} app. What should I do?",
+    "Translate the instructions on the {x} into English.",
+]
+
+# Short everyday requests to an assistant: the dev sets hold few, and a short text is scored on a
+# handful of n-grams, so one attack-like word ("rules", "from now on", "forget") can tip it.
+_ASK = [
+    "Write a poem about {t}.",
+    "Compose a haiku about {t}.",
+    "Draft a short email to my team about {t}.",
+    "Give me five ideas for a blog post about {t}.",
+    "Explain {t} in simple words.",
+    "Summarise the main arguments about {t}.",
+    "Tell me a fun fact about {t}.",
+    "Write a tweet about {t}.",
+    "What are the pros and cons of {t}?",
+    "Write a children's story about {t}.",
+    "Make a quiz with three questions about {t}.",
+    "Describe {t} in one paragraph.",
+]
+_TOPIC = [
+    "rules and freedom",
+    "breaking old habits",
+    "the limits of science",
+    "keeping secrets",
+    "strong passwords",
+    "following instructions",
+    "a world without restrictions",
+    "the history of codes and ciphers",
+    "my cat",
+    "autumn in the mountains",
+    "remote work",
+    "learning to play chess",
+    "the rules of cricket",
+    "a robot who learns to paint",
+    "developer productivity",
+    "system design interviews",
+    "safe mode on a laptop",
+    "role-playing games",
+    "the power of saying no",
+    "ethics in journalism",
+]
+_CHAT = [
+    "From now on, call me Sam.",
+    "From now on, answer in Spanish.",
+    "From now on, keep your answers under 50 words.",
+    "You are the best assistant!",
+    "You are very helpful, thank you.",
+    "Forget it, never mind.",
+    "Never mind the last question.",
+    "Ignore that, I pasted the wrong text.",
+    "Please follow these steps: list three fruits, then sort them.",
+    "My instructions were unclear, sorry. I meant: summarise the article.",
+    "What is a system prompt in an LLM application?",
+    "Stop, that's enough. Thanks!",
+    "Can you act more casual from now on?",
+    "Be honest: is my essay any good?",
+    "Pretend I know nothing about physics and explain gravity.",
+    "No need for warnings, I know the stove is hot; how long do I boil eggs?",
+]
+
 
 def synthetic_rows(
-    seed: int, n_direct: int = 160, n_indirect: int = 80, n_followups: int = 120
+    seed: int, n_direct: int = 160, n_indirect: int = 80, n_followups: int = 120, n_roleplay: int = 150
 ) -> tuple[list[str], list[str]]:
     """(attacks, benign) texts, the same for the same seed."""
     rng = random.Random(seed)
@@ -251,6 +379,11 @@ def synthetic_rows(
     for _ in range(n_followups):
         verb, what, how = rng.choice(_FOLLOW_VERB), rng.choice(_FOLLOW_WHAT), rng.choice(_FOLLOW_HOW)
         benign.append(f"{verb} {what} {how}." if verb != "Take" else f"Take {what} and rewrite it {how}.")
+    for _ in range(n_roleplay):
+        opening = rng.choice(_ROLE_OPEN).format(role=rng.choice(_ROLE))
+        benign.append(f"{opening} {rng.choice(_ROLE_TASK)}")
+    benign += [e.format(x=x) for e in _EVERYDAY for x in rng.sample(_THING, 4)]
+    benign += [a.format(t=t) for a in _ASK for t in rng.sample(_TOPIC, 8)] + _CHAT
     # The carriers without anything planted: indirect-injection contexts are ordinary content.
     benign += [c.format(inject="").replace("<!--  -->", "") for c in _CARRIERS]
     return sorted(set(attacks)), sorted(set(benign))

@@ -237,13 +237,13 @@ def print_sweep(rows: list[Row], oof: np.ndarray, rule_hits: np.ndarray) -> None
     print("  threshold" + "".join(f"{g:>14s}" for g in groups))
     source = np.array([r.source for r in rows])
     labels = np.array([r.label for r in rows])
-    for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+    for t in (0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8):
         flagged = rule_hits | (np.nan_to_num(oof) >= t)
         cells = []
         for names in groups.values():
             mask = np.isin(source, names)
             cells.append(f"{(flagged[mask] == (labels[mask] == 1)).mean() * 100:13.1f}%")
-        print(f"  {t:9.1f}" + "".join(cells))
+        print(f"  {t:9.2f}" + "".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--operating-point",
         type=float,
-        default=0.3,
+        default=0.26,
         help="raw model score that becomes 0.5 in the shipped scale",
     )
     parser.add_argument(
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-synthetic", action="store_true", help="train without scripts/injection_synthetic.py"
     )
-    parser.add_argument("--synthetic-weight", type=float, default=0.5)
+    parser.add_argument("--synthetic-weight", type=float, default=0.3)
     parser.add_argument(
         "--benign-scale", type=float, default=1.0, help="multiplies the caps on the extra benign sets"
     )

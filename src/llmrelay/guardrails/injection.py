@@ -165,7 +165,7 @@ RULES = (
         ),
         re.compile(
             r"\b(?:reveal|show|print|repeat|output|display|tell|give|list|leak|spell|write|recite|dump|echo|"
-            r"share|respond with|what (?:is|are|was|were))\W+"
+            r"share|respond with|what (?:is|are|was|were)|see|read|access|change|modify|alter|edit)\W+"
             rf"{_W}{{0,4}}(?:your|the|all|my)\W+{_W}{{0,2}}"
             r"(?:(?:system|initial|original|hidden|secret) prompt|pre-?prompt|"
             r"(?:system|initial|original|hidden|secret) (?:instructions?|message|rules)|"
@@ -197,6 +197,55 @@ RULES = (
             r"\b(?:ignores?|bypass(?:es)?|breaks?|not bound by|doesn't follow|does not follow|free of)\W+"
             r"(?:\w+\W+){0,3}?(?:openai|anthropic|chatgpt)(?:'s)?\W+(?:\w+\W+){0,2}?(?:content |usage )?"
             r"(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)"
+        ),
+    ),
+    # Refusal suppression and prefix injection, two documented jailbreak techniques: forbid the
+    # model its refusals and disclaimers, or dictate the compliant first words of its answer.
+    Rule(
+        "refusal-suppression",
+        ("refuse", "decline", "reject"),
+        re.compile(
+            r"\b(?:never|not|don't|do not|cannot|can't|won't|will not|must not|mustn't|shall not|should not|"
+            r"shouldn't) (?:ever )?(?:refuse|decline|reject)\b"
+        ),
+    ),
+    Rule(
+        "refusal-suppression",
+        ("sorry", "as an ai", "i cannot", "i can't", "warning", "disclaimer"),
+        re.compile(
+            r"\b(?:do not|don't|never|must not|will not|won't|should not|shouldn't) (?:\w+ ){0,3}?"
+            r"(?:say|mention|include|add|write|respond with|use|apologi[sz]e) (?:\w+ ){0,3}?[\"'“]?"
+            r"(?:i'm sorry|i am sorry|sorry|as an ai|i cannot|i can't|warnings?|disclaimers?)"
+        ),
+    ),
+    Rule(
+        "refusal-suppression",
+        ("sure", "absolutely", "of course", "certainly"),
+        re.compile(
+            r"\b(?:start|begin) (?:your|each|every|all) (?:\w+ )?(?:responses?|replies|reply|answers?|outputs?|"
+            r"messages?) with [\"'“]?(?:sure|absolutely|of course|certainly)"
+        ),
+    ),
+    Rule(
+        "refusal-suppression",
+        ("regardless of",),
+        re.compile(r"\bregardless of (?:\w+ ){0,2}(?:ethical|moral|legal)\w*\b"),
+    ),
+    Rule(
+        "disable-safety",
+        ("filter", "guideline", "restriction", "guardrail", "safeguard", "rules", "safety"),
+        re.compile(
+            r"\b(?:disable|turn off|switch off|deactivate|remove|bypass|lift|drop) (?:all |any )?(?:of )?your "
+            r"(?:\w+ )?(?:safety|content|ethical|moral)?(?: ?(?:filters?|guidelines|restrictions|guardrails|"
+            r"safeguards|rules|settings|protocols))"
+        ),
+    ),
+    # Markers of the shared jailbreak templates: DAN's tagged answers and the slot for the prompt.
+    Rule(
+        "jailbreak-template",
+        ("jailbreak", "classic]", "prompt here", "prompt]"),
+        re.compile(
+            r"\[?🔓 ?jailbreak\]?|\[🔒 ?classic\]|(?:^| )/jailbreak\b|\[(?:insert |your )?prompt(?: here)?\]"
         ),
     ),
     # Chat-template tokens and headers that fake a system or instruction turn.
@@ -242,7 +291,7 @@ _CONFUSABLE_RX = re.compile("[аеорсухіјѕԁɡοαειкνтυρ]")
 _LEET_CHARS = b"013457@$|!"
 _LEET = bytes.maketrans(_LEET_CHARS, b"oieastasii")
 _NON_LETTERS = bytes(c for c in range(256) if not (97 <= c <= 122))
-_BASE64_RX = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+_BASE64_RX = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")  # 12+ bytes: "ignore the rules" is 16
 _MORSE_RX = re.compile(r"(?:[.\-]{1,7}[ /]+){8,}[.\-]{1,7}")
 _MORSE_CODES = (
     ".- -... -.-. -.. . ..-. --. .... .. .--- -.- .-.. -- -. --- .--. --.- .-. ... - ..- ...- .-- -..- -.-- --.. "
@@ -296,7 +345,7 @@ def decoded_payloads(text: str, limit: int = 4) -> list[str]:
     """Readable text hidden in base64 runs or Morse code (at most ``limit`` pieces)."""
     out: list[str] = []
     # Cheap tests first: base64 worth decoding is one long token, Morse is full of ".-" and "-.".
-    if max(map(len, text.split()), default=0) >= 24:
+    if max(map(len, text.split()), default=0) >= 16:
         for m in _BASE64_RX.finditer(text):
             chunk = m.group()
             try:
