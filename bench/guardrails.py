@@ -84,7 +84,8 @@ def timings_us(rows: list[tuple[str, int]], check: Callable[[str], object], roun
 
 
 def bench_injection(args: argparse.Namespace) -> None:
-    from llmrelay.guardrails.injection import InjectionDetector, RuleSet
+    from llmrelay.guardrails.injection import InjectionDetector
+    from llmrelay.guardrails.injection_rules import RuleSet
 
     started = time.perf_counter()
     detector = InjectionDetector.load()
@@ -126,7 +127,15 @@ def bench_injection(args: argparse.Namespace) -> None:
         sys.path.insert(0, str(SCRIPTS))
         import train_injection  # noqa: PLC0415  (scripts/ is not a package; sklearn only needed here)
 
-        train_injection.main(["--no-write", *(["--skip-loso"] if args.skip_loso else [])])
+        c = detector.model.config  # cross-validate the settings the shipped file was trained with
+        settings = ["--bits", c["bits"], "--C", c["C"], "--hard-negative-weight", c["hard_negative_weight"]]
+        settings += ["--operating-point", c["operating_point"], "--seed", c["seed"]]
+        settings += (
+            ["--synthetic-weight", c["synthetic_weight"]] if c["synthetic_weight"] else ["--no-synthetic"]
+        )
+        train_injection.main(
+            ["--no-write", *map(str, settings), *(["--skip-loso"] if args.skip_loso else [])]
+        )
 
 
 # --- pii ----------------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrelay.guardrails.injection import MODEL_PATH, InjectionDetector, LinearModel, RuleSet
+from llmrelay.guardrails.injection import MODEL_PATH, InjectionDetector, LinearModel
 from llmrelay.guardrails.injection_features import featurize
+from llmrelay.guardrails.injection_rules import RuleSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from injection_synthetic import synthetic_rows  # noqa: E402  (scripts/ is not a package)

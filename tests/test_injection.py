@@ -15,15 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from llmrelay.guardrails.injection import (
-    DEFAULT_THRESHOLD,
-    MODEL_PATH,
-    InjectionDetector,
-    RuleSet,
-    Verdict,
-    decoded_payloads,
-)
+from llmrelay.guardrails.injection import DEFAULT_THRESHOLD, MODEL_PATH, InjectionDetector, Verdict
 from llmrelay.guardrails.injection_features import featurize, hashed_ngrams, linear_score, normalize
+from llmrelay.guardrails.injection_rules import RuleSet, decoded_payloads
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +207,9 @@ def test_scores_do_not_depend_on_the_process_hash_seed(detector: InjectionDetect
         assert float(out) == pytest.approx(detector.score(JAILBREAK), abs=1e-12)
 
 
-@pytest.mark.parametrize("text", [JAILBREAK, "short", "a", "naïve — 東京 🚀 " * 300, "x" * 5000])
+@pytest.mark.parametrize(
+    "text", [JAILBREAK, "short", "a", "naïve — 東京 🚀 " * 300, "x" * 5000, "long text " * 8000]
+)
 def test_serving_features_equal_training_features(detector: InjectionDetector, text: str) -> None:
     """The scorer's sort-free sum must equal the dot product with the features training used."""
     cfg = detector.model.config

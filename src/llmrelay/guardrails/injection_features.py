@@ -40,7 +40,17 @@ _REGIONAL_TO_ASCII = {0x1F1E6 + i: chr(ord("a") + i) for i in range(26)}
 # training and serving agree).
 _ASCII_WORD = np.array([chr(c).isalnum() for c in range(128)] + [True])
 
-_powers: dict[str, np.ndarray] = {}
+
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    """base**k mod 2**64 for k < n (uint64 products wrap, which is the modulus we want)."""
+    p = np.full(n, base, dtype=np.uint64)
+    p[0] = 1
+    return np.cumprod(p)
+
+
+# Built once (1 MB); longer texts build their own for the call, so nothing is ever mutated.
+_TABLE_SIZE = 1 << 16
+_P_POW, _P_INV_POW = _powers(_P, _TABLE_SIZE), _powers(_P_INV, _TABLE_SIZE)
 
 
 def normalize(text: str) -> str:
@@ -53,15 +63,10 @@ def normalize(text: str) -> str:
 
 
 def _pow_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P**k and P**-k for k < n (mod 2**64), grown on demand and kept (they only ever grow)."""
-    if len(_powers.get("p", ())) < n:
-        size = max(n, 4096, 2 * len(_powers.get("p", ())))
-        p = np.full(size, _P, dtype=np.uint64)
-        p[0] = 1
-        q = np.full(size, _P_INV, dtype=np.uint64)
-        q[0] = 1
-        _powers["p"], _powers["q"] = np.cumprod(p), np.cumprod(q)
-    return _powers["p"], _powers["q"]
+    """P**k and P**-k for k < n."""
+    if n <= _TABLE_SIZE:
+        return _P_POW, _P_INV_POW
+    return _powers(_P, n), _powers(_P_INV, n)
 
 
 def hashed_ngrams(normalized: str, bits: int, char_n: tuple[int, int], word_n: int) -> np.ndarray:
