@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from llmrelay.guardrails.injection import MODEL_PATH, InjectionDetector, LinearModel
-from llmrelay.guardrails.injection_features import featurize
+from llmrelay.guardrails.injection_features import featurize, normalize
 from llmrelay.guardrails.injection_rules import RuleSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +58,13 @@ EXTRA_BENIGN = {
     "presidio_generated_large": ("text", 300),
 }
 SYNTHETIC = "synthetic"  # scripts/injection_synthetic.py: always trained on, never measured
+LONG_DOCUMENTS = "long_benign_documents"  # joined from benign texts not used as rows
+# The detector scores longer texts in chunks of this size (a linear model's score drifts with
+# length past what it was trained on); the long benign documents stay within it, and the few
+# longer jailbreaks are measured the way the detector scores them (``score_rows``).
+CHUNK_CHARS = 8_000
+# bench/guardrails.py plants instructions in joined MMLU passages: keep those out of training.
+DOCUMENT_TEST_SOURCE = "routellm_mmlu_correctness"
 
 
 @dataclass
@@ -72,13 +79,16 @@ def read_jsonl(name: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_rows(data_seed: int, synthetic: bool = True, benign_scale: float = 1.0) -> list[Row]:
+def load_rows(
+    data_seed: int, synthetic: bool = True, benign_scale: float = 1.0, long_docs: int = 300
+) -> list[Row]:
     rows = [
         Row(r["text"], int(r["label"]), name)
         for name in ATTACK_SOURCES + HARD_NEGATIVES
         for r in read_jsonl(name)
     ]
     rng = random.Random(data_seed)
+    leftovers: list[str] = []  # benign texts not sampled as rows: material for long documents
     for name, (field, cap) in EXTRA_BENIGN.items():
         texts = []
         for r in read_jsonl(name):
@@ -86,12 +96,34 @@ def load_rows(data_seed: int, synthetic: bool = True, benign_scale: float = 1.0)
             texts.extend(value if isinstance(value, list) else [value])
         texts = sorted(set(texts))
         if cap and len(texts) > cap * benign_scale:
-            texts = rng.sample(texts, int(cap * benign_scale))
+            rng.shuffle(texts)
+            cut = int(cap * benign_scale)
+            texts, rest = texts[:cut], texts[cut:]
+            if name != DOCUMENT_TEST_SOURCE:
+                leftovers += rest
         rows.extend(Row(t, 0, name) for t in texts)
+    rows += [Row(t, 0, LONG_DOCUMENTS) for t in long_documents(leftovers, long_docs, CHUNK_CHARS, rng)]
     if synthetic:
         attacks, benign = synthetic_rows(data_seed)
         rows += [Row(t, 1, SYNTHETIC) for t in attacks] + [Row(t, 0, SYNTHETIC) for t in benign]
     return rows
+
+
+def long_documents(texts: list[str], n: int, max_chars: int, rng: random.Random) -> list[str]:
+    """Benign documents of 1,000 to ``max_chars`` characters, joined from shorter benign texts.
+
+    Without them nearly every long training text is a jailbreak, and the model learns that length
+    itself is suspicious: joined MMLU passages of 32,000 characters scored as attacks 9 times in 10.
+    Tool results and retrieved pages are long, so this matters more than any dev-set figure.
+    """
+    docs = []
+    for _ in range(n):
+        target = int(math.exp(rng.uniform(math.log(1_000), math.log(max_chars))))
+        doc = ""
+        while len(doc) < target:
+            doc += rng.choice(texts) + rng.choice(["\n\n", "\n", " "])
+        docs.append(doc[:target])
+    return docs
 
 
 def load_xstest() -> list[Row]:
@@ -199,7 +231,18 @@ def cross_validate(rows: list[Row], X, config: dict, seed: int, folds: int = 5) 
     for train, test in splitter.split(real, [rows[i].source for i in real], groups):
         train = np.concatenate([real[train], synthetic])
         model = fit([rows[i] for i in train], X[train], config)
-        scores[real[test]] = model.score_matrix(X[real[test]])
+        scores[real[test]] = score_rows(model, [rows[i] for i in real[test]], X[real[test]])
+    return scores
+
+
+def score_rows(model: LinearModel, rows: list[Row], X) -> np.ndarray:
+    """Scores as the detector computes them: from the matrix, or by chunks for long texts."""
+    scores = model.score_matrix(X)
+    short = model.config.get("short_words") or 0
+    for i, row in enumerate(rows):
+        normalized = normalize(row.text)
+        if len(normalized) > model.config["chunk_chars"] or normalized.count(" ") + 1 < short:
+            scores[i] = model.score(normalized)
     return scores
 
 
@@ -208,7 +251,7 @@ def leave_one_source_out(rows: list[Row], X, config: dict, sources: tuple[str, .
     for source in sources:
         held = np.array([r.source == source for r in rows])
         model = fit([r for r, h in zip(rows, held, strict=True) if not h], X[~held], config)
-        out[source] = model.score_matrix(X[held])
+        out[source] = score_rows(model, [r for r, h in zip(rows, held, strict=True) if h], X[held])
     return out
 
 
@@ -232,7 +275,7 @@ def print_sweep(rows: list[Row], oof: np.ndarray, rule_hits: np.ndarray) -> None
         "pallms": ["pallms_payloads"],
         "notinject": ["notinject_benign"],
         "wildguard": ["wildguard_benign"],
-        "other benign": list(EXTRA_BENIGN),
+        "other benign": [*EXTRA_BENIGN, LONG_DOCUMENTS],
     }
     print("\nthreshold sweep (rules+model, out-of-fold; share handled correctly)")
     print("  threshold" + "".join(f"{g:>14s}" for g in groups))
@@ -243,7 +286,7 @@ def print_sweep(rows: list[Row], oof: np.ndarray, rule_hits: np.ndarray) -> None
         cells = []
         for names in groups.values():
             mask = np.isin(source, names)
-            cells.append(f"{(flagged[mask] == (labels[mask] == 1)).mean() * 100:13.1f}%")
+            cells.append(f"{(flagged[mask] == (labels[mask] == 1)).mean() * 100:13.2f}%")
         print(f"  {t:9.2f}" + "".join(cells))
 
 
@@ -270,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--synthetic-weight", type=float, default=0.3)
     parser.add_argument(
+        "--short-words", type=int, default=6, help="texts of fewer words have their evidence scaled down"
+    )
+    parser.add_argument(
         "--benign-scale", type=float, default=1.0, help="multiplies the caps on the extra benign sets"
     )
     args = parser.parse_args(argv)
@@ -285,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         "operating_point": args.operating_point,
         "seed": args.seed,
         "synthetic_weight": 0.0 if args.no_synthetic else args.synthetic_weight,
+        "chunk_chars": CHUNK_CHARS,
+        "short_words": args.short_words,
     }
     started = time.perf_counter()
     rows = load_rows(args.seed, synthetic=not args.no_synthetic, benign_scale=args.benign_scale)
@@ -310,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     print_sweep(rows, oof, rule_hits)
 
     final = fit(rows, X, config)
-    xs_scores = final.score_matrix(X_xs)
+    xs_scores = score_rows(final, xs, X_xs)
     print_table(
         "xstest (never trained on), final model",
         {
@@ -342,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         final.save(MODEL_PATH)
         size = MODEL_PATH.stat().st_size
         detector = InjectionDetector.load()
+        sample = list(range(0, len(rows), 10))  # every source, long texts (chunked) included
         agree = np.allclose(
-            [detector.score(r.text) for r in rows[:200]], final.score_matrix(X[:200]), atol=1e-6
+            [detector.score(rows[i].text) for i in sample],
+            score_rows(final, [rows[i] for i in sample], X[sample]),
+            atol=1e-6,
         )
         print(
             f"\nwrote {MODEL_PATH} ({size / 1024:.0f} KB); numpy scorer agrees with training features: {agree}"

@@ -80,9 +80,38 @@ class LinearModel:
             hashed_ngrams(normalized, c["bits"], tuple(c["char_n"]), c["word_n"]), self.weights
         )
 
+    def score(self, normalized: str) -> float:
+        """0..1 for ``normalize(text)``.
+
+        A linear model's score drifts upwards with length past the longest texts it was trained
+        on (64,000 characters of exam passages scored ~0.5), so longer texts are scored in chunks
+        of ``chunk_chars`` and the highest chunk counts: an injection sits in one place.
+        """
+        if not normalized:
+            return 0.0
+        size = self.config.get("chunk_chars") or len(normalized)
+        if len(normalized) > size:
+            return max(self.score(chunk) for chunk in _chunks(normalized, size))
+        z = self.logit(normalized)
+        short = self.config.get("short_words")
+        if short and (words := normalized.count(" ") + 1) < short:
+            z = self.bias + (z - self.bias) * words / short
+        return _sigmoid(z)
+
     def score_matrix(self, X) -> np.ndarray:
         """Scores of a training-side feature matrix (rows of ``featurize``), for the training script."""
         return 1.0 / (1.0 + np.exp(-(X @ self.weights.astype(np.float64) + self.bias)))
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of at most ``size`` characters, at a space where there is one."""
+    out = []
+    while len(text) > size:
+        cut = text.rfind(" ", size // 2, size)
+        cut = cut if cut > 0 else size
+        out.append(text[:cut])
+        text = text[cut:].lstrip()
+    return [*out, text] if text else out
 
 
 def _sigmoid(z: float) -> float:
@@ -106,7 +135,7 @@ class InjectionDetector:
         return self._score_normalized(normalize(text))
 
     def _score_normalized(self, normalized: str) -> float:
-        return _sigmoid(self.model.logit(normalized)) if normalized else 0.0
+        return self.model.score(normalized)
 
     def check(self, text: str, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
         """Flagged when a rule fires or the score reaches ``threshold``; rules are named first.

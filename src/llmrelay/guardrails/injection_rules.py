@@ -172,9 +172,12 @@ RULES = (
     Rule(
         "refusal-suppression",
         ("refuse", "decline", "reject"),
+        # Refusing needs an object: "memory does not decline with age" is not a jailbreak.
         re.compile(
             r"\b(?:never|not|don't|do not|cannot|can't|won't|will not|must not|mustn't|shall not|should not|"
-            r"shouldn't) (?:ever )?(?:refuse|decline|reject)\b"
+            r"shouldn't) (?:ever )?(?:refuse|decline|reject)s? (?:\w+ ){0,2}?(?:requests?|questions?|prompts?|"
+            r"anything|to (?:answer|respond|reply|comply|help|do|generate|write|provide)|orders?|instructions?|"
+            r"commands?|tasks?)\b|\bnever (?:refuses|declines)\b"
         ),
     ),
     Rule(
