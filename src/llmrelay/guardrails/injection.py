@@ -85,7 +85,9 @@ class LinearModel:
 
         A linear model's score drifts upwards with length past the longest texts it was trained
         on (64,000 characters of exam passages scored ~0.5), so longer texts are scored in chunks
-        of ``chunk_chars`` and the highest chunk counts: an injection sits in one place.
+        of ``chunk_chars`` and the highest chunk counts: an injection sits in one place. Below
+        ``short_words`` words the evidence is scaled down in proportion: in a one-word message
+        that one word is the whole score ("instructions" alone scored 0.98).
         """
         if not normalized:
             return 0.0
@@ -132,10 +134,7 @@ class InjectionDetector:
 
     def score(self, text: str) -> float:
         """How much ``text`` looks like an injection or jailbreak, 0..1 (the model alone)."""
-        return self._score_normalized(normalize(text))
-
-    def _score_normalized(self, normalized: str) -> float:
-        return self.model.score(normalized)
+        return self.model.score(normalize(text))
 
     def check(self, text: str, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
         """Flagged when a rule fires or the score reaches ``threshold``; rules are named first.
@@ -144,7 +143,7 @@ class InjectionDetector:
         model); flagged there, the reason is ``rule:encoded-instructions``.
         """
         normalized = normalize(text)
-        score = self._score_normalized(normalized)
+        score = self.model.score(normalized)
         rule = self.rules.match(text, normalized, decode=False)
         if rule:
             return Verdict(True, score, f"rule:{rule}")
@@ -154,7 +153,7 @@ class InjectionDetector:
         if score >= threshold:
             return Verdict(True, score, "model")
         for payload in payloads:
-            hidden = self._score_normalized(payload)
+            hidden = self.model.score(payload)
             if hidden >= threshold:
                 return Verdict(True, hidden, "rule:encoded-instructions")
         return Verdict(False, score, "")

@@ -204,11 +204,22 @@ RULES = (
     ),
     Rule(
         "disable-safety",
-        ("filter", "guideline", "restriction", "guardrail", "safeguard", "rules", "safety"),
+        (
+            "filter",
+            "guideline",
+            "restriction",
+            "guardrail",
+            "safeguard",
+            "rules",
+            "safety",
+            "content",
+            "ethic",
+            "moral",
+        ),
         re.compile(
             r"\b(?:disable|turn off|switch off|deactivate|remove|bypass|lift|drop) (?:all |any )?(?:of )?your "
-            r"(?:\w+ )?(?:safety|content|ethical|moral)?(?: ?(?:filters?|guidelines|restrictions|guardrails|"
-            r"safeguards|rules|settings|protocols))"
+            r"(?:\w+ )?(?:(?:safety|content|ethical|moral) (?:filters?|guidelines|restrictions|guardrails|safeguards|"
+            r"rules|settings|protocols|mode)|filters|guidelines|restrictions|guardrails|safeguards|rules)\b"
         ),
     ),
     # Markers of the shared jailbreak templates: DAN's tagged answers and the slot for the prompt.
