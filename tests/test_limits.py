@@ -117,3 +117,10 @@ def test_the_shortcut_never_changes_the_answer(model: str) -> None:
             expected = None if tokens <= limit else "over"
             got = check_limits(req, None, limit)
             assert (got is None) == (expected is None), (texts, limit, tokens, got)
+
+
+def test_a_lone_surrogate_is_counted_not_an_error() -> None:
+    req = request("x\ud800y" * 50)
+    assert check_limits(req, 1000, 1000) is None
+    assert check_limits(req, 10, None) is not None
+    assert check_limits(req, None, 5) is not None

@@ -71,8 +71,9 @@ def _pow_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def hashed_ngrams(normalized: str, bits: int, char_n: tuple[int, int], word_n: int) -> np.ndarray:
     """Bucket ids (with repeats) of the char n-grams and word n-grams of ``normalize(text)``."""
-    # utf-32 gives one uint32 per code point, so array positions are character positions.
-    codes = np.frombuffer((" " + normalized + " ").encode("utf-32-le"), dtype=np.uint32)
+    # utf-32 gives one uint32 per code point, so array positions are character positions;
+    # "surrogatepass" because a library caller's str may hold a lone surrogate.
+    codes = np.frombuffer((" " + normalized + " ").encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     n_chars = len(codes)
     p, q = _pow_tables(n_chars + 1)
     g = np.zeros(n_chars + 1, dtype=np.uint64)
