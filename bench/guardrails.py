@@ -7,7 +7,8 @@
 
 **injection**: share of each set handled correctly (attacks flagged, benign prompts passed) by the
 seed-style regex baseline (five classic patterns), our rule layer alone, and the shipped detector
-(rules + model at threshold 0.5); then the time per ``check``. The shipped model was trained on
+(rules + model at threshold 0.5); then the time per ``check``, and instructions planted in
+documents of growing length. The shipped model was trained on
 these dev rows, so its column here is a resubstitution figure, optimistic by construction: the
 honest ones are the cross-validated and leave-one-source-out figures (``--cv``, or
 scripts/train_injection.py). ``xstest`` is never trained on. Figures are in bench/README.md.

@@ -6,16 +6,20 @@
 
 Only OK-licensed sets are read (see ../shared/data/README.md): the attack sets, the benign hard
 negatives, and benign prompts of other kinds (MMLU and GSM8K questions, MT-bench turns, customer-
-support utterances, documentation sentences, synthetic PII sentences) so that the model learns
-what ordinary traffic looks like beyond the two hard-negative sets. ``xstest`` is never trained
-on: it stays an unseen benign source for the figures. NC/UNCLEAR sets are never read.
+support utterances, documentation sentences, synthetic PII sentences, and long documents joined
+from the unused ones) so that the model learns what ordinary traffic looks like beyond the two
+hard-negative sets; plus rows of our own from ``injection_synthetic.py`` (training side only).
+``xstest`` is never trained on: it stays an unseen benign source for the figures. NC/UNCLEAR sets
+are never read.
 
 Figures printed, all on rows the model did not train on:
 - stratified 5-fold cross-validation, folds stratified by source and grouped by near-duplicate
   cluster (the in-the-wild set holds many variants of one DAN prompt; letting one variant train
   and its twin test would flatter the model);
+- the same at other thresholds (the sweep the default operating point was chosen on);
 - leave-one-source-out: train without a source, test on it, the closest the dev data gets to the
   "sources never seen" the held-out measurement will use.
+Scores are computed as the detector computes them (long texts in chunks, short ones damped).
 
 scikit-learn is used here only; the shipped file holds int8 weights over hashed n-gram buckets and
 ``llmrelay.guardrails.injection`` scores with numpy alone. Deterministic for a given ``--seed``.
