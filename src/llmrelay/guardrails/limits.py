@@ -1,0 +1,69 @@
+"""Input limits: how long a request's messages are, in characters and in tokens, against a route's caps.
+
+    check_limits(request, max_chars=20_000, max_tokens=8_000)
+    # None, or "Input is 9,412 tokens; this route allows at most 8,000 (max_input_tokens)."
+
+Tokens are counted by ``llmrelay.tokens`` (tiktoken with the encodings bundled offline; the
+model's own encoding for OpenAI models, ``o200k_base`` as an approximation for the others),
+with OpenAI's per-message overhead, so the figure is the prompt-token count the upstream will
+bill, give or take the tool definitions (not counted, as in the executor's context-window check).
+
+Characters are those of the message texts and tool-call arguments (what a user or a tool put
+in), not of roles or JSON punctuation. The caller (the guard stage) turns a message into a 400
+in the route's wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TOKENS_PER_NAME, count_messages, count_text
+from ..types import ChatRequest, Message
+
+
+def count_tokens(content: str | Sequence[Message], model: str) -> int:
+    """Tokens of a text, or the prompt tokens of a list of messages, as ``model`` counts them."""
+    if isinstance(content, str):
+        return count_text(content, model)
+    return count_messages(list(content), model)
+
+
+def count_chars(messages: Sequence[Message]) -> int:
+    """Characters of the message texts and tool-call arguments (roles and names not counted)."""
+    total = 0
+    for message in messages:
+        total += len(message.text())
+        for call in message.tool_calls or ():
+            total += len(call.function.arguments)
+    return total
+
+
+def check_limits(request: ChatRequest, max_chars: int | None, max_tokens: int | None) -> str | None:
+    """None when the request is within both limits; otherwise a message naming the limit and the size."""
+    if max_chars is not None:
+        chars = count_chars(request.messages)
+        if chars > max_chars:
+            return (
+                f"Input is {chars:,} characters; this route allows at most {max_chars:,} (max_input_chars)."
+            )
+    if max_tokens is not None and _token_upper_bound(request.messages) > max_tokens:
+        tokens = count_tokens(request.messages, request.model)
+        if tokens > max_tokens:
+            return f"Input is {tokens:,} tokens; this route allows at most {max_tokens:,} (max_input_tokens)."
+    return None
+
+
+def _token_upper_bound(messages: Sequence[Message]) -> int:
+    """A bound no tokenizer can exceed: every BPE token covers at least one UTF-8 byte.
+
+    Most requests are far below a route's cap, and this spares them the tokenizer (whose cost
+    grows with the text) while giving the same answer.
+    """
+    total = REPLY_PRIMING
+    for message in messages:
+        pieces = [message.role, message.text(), message.name or ""]
+        for call in message.tool_calls or ():
+            pieces += (call.function.name, call.function.arguments)
+        total += TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if message.name else 0)
+        total += sum(len(p.encode("utf-8", "surrogatepass")) for p in pieces)  # lone surrogates: 3 bytes
+    return total
