@@ -5,17 +5,18 @@ on a store, the entry and its index entry. Only a last user message of text is l
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import openai
 import pytest
 
 from llmrelay import Relay
 from llmrelay.cache import stage
-from llmrelay.errors import ConfigError
 from llmrelay.pipeline import Call
 from llmrelay.providers import openai_format
 from llmrelay.types import ChatResponse
 
-from .conftest import gateway_config
+from .conftest import free_port, gateway_config, start_process, stop_process
 
 
 class DictIndex:
@@ -68,12 +69,6 @@ def user(text: str) -> list[dict]:
     return [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}]
 
 
-async def test_until_wired_a_semantic_route_is_a_config_error(simulator):
-    with pytest.raises(ConfigError, match="semantic cache not available yet"):
-        async with Relay(config(simulator.url)):
-            pass
-
-
 async def test_a_near_duplicate_question_is_served_from_the_entry_the_index_names(simulator, index):
     async with Relay(config(simulator.url)) as relay:
         call, first = await ask(relay, user("What is the capital of France?"))
@@ -120,3 +115,53 @@ async def test_only_a_last_user_message_of_text_is_searched(simulator, index):
         await ask(relay, tool_turn)
         await ask(relay, user("a question"), model="claude-haiku")  # a route without the semantic cache
         assert index.searches == [] and index.ttls == []
+
+
+# --- the real index, through the gateway, as examples/semantic-cache.yaml ships ----------------
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "semantic-cache.yaml"
+
+
+@pytest.fixture(scope="module")
+def semantic_gateway(tmp_path_factory):
+    pytest.importorskip("usearch", reason="the semantic extra: pip install 'llmrelay[semantic]'")
+    tmp = tmp_path_factory.mktemp("semantic")
+    server = start_process(["serve", "--config", str(EXAMPLE)], free_port(), tmp, ready_path="/healthz")
+    yield server
+    stop_process(server)
+
+
+def chat(server, messages: list[dict]):
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-semantic", max_retries=0) as client:
+        return client.chat.completions.with_raw_response.create(
+            model="sim/gpt-4o-mini", temperature=0, messages=messages
+        )
+
+
+def test_a_paraphrase_is_a_semantic_hit_with_the_real_embedder(semantic_gateway):
+    first = chat(semantic_gateway, user("How do I reset my password?"))
+    assert first.headers["x-llmrelay-cache"] == "miss"
+    again = chat(semantic_gateway, user("How can I reset my password?"))
+    assert again.headers["x-llmrelay-cache"] == "semantic-hit"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert again.headers["x-llmrelay-cost-usd"] == "0.00000000"
+
+
+def test_negation_numbers_and_other_conversations_are_not_hits(semantic_gateway):
+    chat(semantic_gateway, user("Can I cancel my order within 30 days?"))
+    assert (
+        chat(semantic_gateway, user("Can I not cancel my order within 30 days?")).headers["x-llmrelay-cache"]
+        == "miss"
+    )
+    assert (
+        chat(semantic_gateway, user("Can I cancel my order within 60 days?")).headers["x-llmrelay-cache"]
+        == "miss"
+    )
+    # The same last question after other earlier turns is another scope: no hit.
+    other = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "I bought a phone."},
+        {"role": "assistant", "content": "Nice."},
+        {"role": "user", "content": "Can I cancel my order within 30 days?"},
+    ]
+    assert chat(semantic_gateway, other).headers["x-llmrelay-cache"] == "miss"

@@ -80,9 +80,9 @@ class SemanticCacheSettings(_Settings):
     same scope (model, system prompt, tools, parameters, earlier turns), is served the cached answer."""
 
     enabled: bool = False
-    # Placeholder until the semantic engine's benchmark (bench/semantic_cache.py) sets the default:
-    # the right figure depends on the embedder.
-    threshold: float = Field(default=0.9, gt=0, le=1)
+    # For the packaged all-MiniLM-L6-v2 with verification: cache.semantic.DEFAULT_THRESHOLD, chosen on
+    # bench/semantic_cache.py (bench/README.md). Another embedder needs its own figure.
+    threshold: float = Field(default=0.84, gt=0, le=1)
 
 
 class CachePolicy(_Settings):
@@ -119,6 +119,10 @@ class CacheSettings(CachePolicy):
     )
     redis_url: str | None = None  # redis: defaults to the top-level redis_url
     timeout_s: float = Field(default=0.5, gt=0)  # a slower store is a miss, never a failed call
+    # The semantic index of routes with semantic.enabled: embedder, backend (memory | redis), size
+    # bound... (cache.semantic.SemanticSettings, docs/semantic-cache.md); checked when it is built,
+    # so a gateway without the semantic extra still loads configs that leave it off.
+    semantic_index: dict[str, Any] = {}
 
 
 def _off(value: Any) -> Any:

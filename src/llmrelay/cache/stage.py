@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import ValidationError
+
 from ..catalog import Catalog
 from ..config import CachePolicy
 from ..errors import ConfigError, ModelNotFoundError
@@ -40,8 +42,24 @@ _WARN_EVERY_S = 60.0
 
 
 def build_semantic_index(relay: Relay) -> SemanticIndex:
-    """The index behind routes with ``cache.semantic.enabled`` (built in ``cache/semantic/``)."""
-    raise ConfigError("semantic cache not available yet")
+    """The index behind routes with ``cache.semantic.enabled`` (``cache/semantic/``), configured by
+    ``cache.semantic_index``. Imported only then: it needs the ``semantic`` extra."""
+    try:
+        from .semantic import INSTALL_HINT, SemanticSettings
+        from .semantic import build_semantic_index as build
+    except ImportError as exc:
+        raise ConfigError(
+            f"The semantic cache needs its extra: pip install 'llmrelay[semantic]' ({exc}); "
+            "see docs/semantic-cache.md"
+        ) from None
+    try:
+        settings = SemanticSettings.model_validate(relay.settings.cache.semantic_index)
+    except ValidationError as exc:
+        raise ConfigError(f"cache.semantic_index: {exc}") from None
+    try:
+        return build(settings, redis_url=relay.settings.redis_url)
+    except ImportError as exc:
+        raise ConfigError(f"The semantic cache cannot start ({exc}): {INSTALL_HINT}") from None
 
 
 class CacheStage:

@@ -65,5 +65,5 @@ def _token_upper_bound(messages: Sequence[Message]) -> int:
         for call in message.tool_calls or ():
             pieces += (call.function.name, call.function.arguments)
         total += TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if message.name else 0)
-        total += sum(len(p.encode()) for p in pieces)
+        total += sum(len(p.encode("utf-8", "surrogatepass")) for p in pieces)  # lone surrogates: 3 bytes
     return total

@@ -351,6 +351,7 @@ class RedisBreakers(LocalBreakers):
         self._pending: set[str] = set()  # keys with events not pushed yet
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._warned_at = -math.inf
         self._warned = False  # a warning went out since the last successful round
         self._rwidth = settings.window_s / _REDIS_BUCKETS
@@ -402,20 +403,27 @@ class RedisBreakers(LocalBreakers):
             socket_connect_timeout=self.io_timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="llmrelay-breakers-sync")
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Stop between rounds, not in the middle of a Redis call: a call cancelled halfway
+            # can leave its connection mid-reply, and closing the client then hung (under load).
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.io_timeout_s * 2)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         if self._redis is not None:
-            if self.connected:  # so peers learn of a breaker opened just before shutdown
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(self.io_timeout_s):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.io_timeout_s * 2):
+                    if self.connected:  # so peers learn of a breaker opened just before shutdown
                         await self._flush()
-            await self._redis.aclose()
+                    await self._redis.aclose()
             self._redis = None
 
     async def _run(self) -> None:
@@ -424,7 +432,7 @@ class RedisBreakers(LocalBreakers):
         loop = asyncio.get_running_loop()
         next_pull = 0.0
         failed = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(self.io_timeout_s):
                     await self._flush()
@@ -449,7 +457,8 @@ class RedisBreakers(LocalBreakers):
                 failed += 1
                 self._warn(None)
                 delay = min(2.0, self.push_interval_s * 2**failed)
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
 
     def _warn(self, exc: Exception | None) -> None:
         """Log at most once a minute: an outage must not flood the log at 20 rounds a second."""
