@@ -160,12 +160,10 @@ async def _stream(pieces: list[str]):
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
 async def test_no_chunk_carries_a_piece_of_pii_at_any_split(size):
-    pii = pytest.importorskip(
-        "llmrelay.guardrails.pii", reason="the PII engine (branch pii) is not merged yet"
-    )
+    from llmrelay.guardrails.pii import PiiRedactor
     from llmrelay.guardrails.redaction import redacted_stream
 
-    redactor = pii.PiiRedactor()
+    redactor = PiiRedactor()
     expected, spans = redactor.redact(TEXT)
     secrets = [TEXT[s.start : s.end] for s in spans]
     assert len(secrets) == 3

@@ -12,11 +12,6 @@ import pytest
 
 from .conftest import free_port, start_process, stop_process
 
-# Until the injection engine's branch is merged (then this goes).
-pytest.importorskip(
-    "llmrelay.guardrails.injection", reason="the injection engine (branch injection) is not merged yet"
-)
-
 GUARDED = Path(__file__).resolve().parent.parent / "examples" / "guarded.yaml"
 MODEL = "sim/gpt-4o-mini"
 

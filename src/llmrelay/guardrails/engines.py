@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..config import GuardMode, GuardrailPolicy, ModerationGuard
-from ..errors import ConfigError, GatewayError, UpstreamUnavailable
+from ..errors import GatewayError, UpstreamUnavailable
 from ..pipeline import Call
 from .moderation import LocalModerator, Moderator, ProviderModerator
 from .verdicts import found, note
@@ -42,20 +42,16 @@ class Engines:
 
     def injection(self) -> InjectionDetector:
         if self._injection is None:
-            try:
-                from .injection import InjectionDetector
-            except ImportError as exc:
-                raise ConfigError(f"The prompt-injection detector cannot be loaded ({exc}).") from None
+            from .injection import InjectionDetector  # numpy and the model file: only when used
+
             self._injection = InjectionDetector.load()
         return self._injection
 
     def redactor(self, types: tuple[str, ...]) -> PiiRedactor:
         redactor = self._redactors.get(types)
         if redactor is None:
-            try:
-                from .pii import PiiRedactor
-            except ImportError as exc:
-                raise ConfigError(f"The PII redactor cannot be loaded ({exc}).") from None
+            from .pii import PiiRedactor
+
             redactor = self._redactors[types] = PiiRedactor(types or None)
         return redactor
 
