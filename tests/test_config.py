@@ -65,3 +65,9 @@ def test_examples_load():
     for path in sorted((Path(__file__).parent.parent / "examples").glob("*.yaml")):
         settings = Settings.load(path, env={})
         assert settings.models, path
+
+
+def test_a_bare_yaml_off_is_off_for_prompt_caching(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prompt_caching: {mode: off}\n")  # YAML 1.1 reads a bare off as false
+    assert Settings.load(path, env={}).prompt_caching.mode == "off"

@@ -53,13 +53,17 @@ class Price(_Settings):
     cache_write_1h: float | None = None  # Anthropic's 1-hour cache writes; default: cache_write
 
 
+def _off(value: Any) -> Any:
+    return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+
 class PromptCachingSettings(_Settings):
     """The providers' prompt caching (docs/prompt-caching.md): what llmrelay does with Anthropic
     ``cache_control`` breakpoints. OpenAI caches by itself; its cached tokens are priced either way."""
 
     # auto: keep the client's breakpoints and add ours on long stable prefixes (up to Anthropic's 4);
     # passthrough: send the client's as they are; off: remove them (no cache-write premium).
-    mode: Literal["auto", "passthrough", "off"] = "passthrough"
+    mode: Annotated[Literal["auto", "passthrough", "off"], BeforeValidator(_off)] = "passthrough"
     min_tokens: int | None = Field(default=None, ge=1)  # None: the model's documented minimum
 
     def under(self, default: PromptCachingSettings) -> PromptCachingSettings:
@@ -123,10 +127,6 @@ class CacheSettings(CachePolicy):
     # bound... (cache.semantic.SemanticSettings, docs/semantic-cache.md); checked when it is built,
     # so a gateway without the semantic extra still loads configs that leave it off.
     semantic_index: dict[str, Any] = {}
-
-
-def _off(value: Any) -> Any:
-    return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
 
 GuardMode = Annotated[Literal["off", "block", "flag", "log"], BeforeValidator(_off)]
