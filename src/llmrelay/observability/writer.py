@@ -225,6 +225,14 @@ async def _watch_parent(parent_pid: int | None, stop: asyncio.Event) -> None:
     stop.set()  # the gateway is gone (killed?): drain what it left, then go
 
 
+def _background() -> None:
+    """Run as background work (nice 10): when cores are scarce, the requests being recorded go
+    first. Not SCHED_IDLE: on a saturated machine that would starve the writer and let the journal
+    grow for as long as the load lasts."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m llmrelay.observability.writer", description=__doc__)
     ap.add_argument("directory")
@@ -235,10 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--drain-s", type=float, default=10.0)
     ap.add_argument("--parent-pid", type=int, default=None)
     args = ap.parse_args(argv)
-    # Background work: when cores are scarce, the requests it records go first. Its batches come
-    # in bursts (a few ms of CPU every flush interval) that otherwise delay a request now and then.
-    with contextlib.suppress(OSError):
-        os.nice(10)
+    _background()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s llmrelay call-log writer: %(message)s")
     asyncio.run(_serve(args))
