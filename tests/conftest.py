@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -187,3 +190,46 @@ def gateway(simulator: Server, session_tmp: Path) -> Iterator[Server]:
     )
     yield server
     stop_process(server)
+
+
+# --- Redis: the machine's real one, for the backends that share state across replicas ----------
+
+REDIS_URL = os.environ.get("LLMRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def redis_or_skip() -> None:
+    """Skip when no Redis is reachable (fail instead under LLMRELAY_REQUIRE_SERVICES=1, as CI sets)."""
+    reason = None
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        reason = "the redis package is not installed (pip install -e '.[dev]')"
+    else:
+        parts = urlsplit(REDIS_URL)
+        try:
+            socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5).close()
+        except OSError as exc:
+            reason = f"no Redis at {REDIS_URL} ({exc.strerror or exc})"
+    if reason:
+        if os.environ.get("LLMRELAY_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"LLMRELAY_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def redis_prefix_that_expires(name: str) -> Iterator[str]:
+    """A fresh key prefix; afterwards, every key under it must carry a TTL (nothing accumulates in
+    a long-lived Redis), and they are deleted."""
+    redis_or_skip()
+    import redis
+
+    prefix = f"llmrelay-test:{uuid.uuid4().hex}:{name}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        yield prefix
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        assert all(client.pttl(k) > 0 for k in keys), [k for k in keys if client.pttl(k) <= 0]
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

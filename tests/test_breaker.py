@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,6 +19,8 @@ from llmrelay.reliability.breaker import (
     RedisBreakers,
     build_breakers,
 )
+
+from .conftest import REDIS_URL, redis_prefix_that_expires
 
 
 class Clock:
@@ -258,43 +257,11 @@ def test_build_breakers_rejects_a_bad_redis_url() -> None:
 
 # --- RedisBreakers against a real Redis ------------------------------------------------------
 
-REDIS_URL = os.environ.get("LLMRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def _redis_missing() -> str | None:
-    """Why Redis tests cannot run here, or None."""
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        return "the redis package is not installed (pip install -e '.[dev]')"
-    parts = urlsplit(REDIS_URL)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5).close()
-    except OSError as exc:
-        return f"no Redis at {REDIS_URL} ({exc.strerror or exc})"
-    return None
-
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    reason = _redis_missing()
-    if reason:
-        if os.environ.get("LLMRELAY_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"LLMRELAY_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
-    import redis
-
-    prefix = f"llmrelay-test:{uuid.uuid4().hex}:breaker"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
+    with redis_prefix_that_expires("breaker") as prefix:
         yield prefix
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        # Everything written expires by itself: nothing accumulates in a long-lived Redis.
-        assert all(client.ttl(k) > 0 for k in keys), [k for k in keys if client.ttl(k) <= 0]
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -6,11 +6,8 @@ share entries through Redis, and a store that is down costs hits, never calls.""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,27 +18,7 @@ from llmrelay.config import Settings
 from llmrelay.pipeline import Call
 from llmrelay.providers import openai_format
 
-from .conftest import free_port, gateway_config
-
-REDIS_URL = os.environ.get("LLMRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def redis_or_skip() -> None:
-    reason = None
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        reason = "the redis package is not installed (pip install -e '.[dev]')"
-    else:
-        parts = urlsplit(REDIS_URL)
-        try:
-            socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5).close()
-        except OSError as exc:
-            reason = f"no Redis at {REDIS_URL} ({exc.strerror or exc})"
-    if reason:
-        if os.environ.get("LLMRELAY_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"LLMRELAY_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
+from .conftest import REDIS_URL, free_port, gateway_config, redis_or_skip
 
 
 def open_backend(kind: str, tmp_path):

@@ -5,54 +5,20 @@ Skipped when Redis is absent, except under LLMRELAY_REQUIRE_SERVICES=1 (then it 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
 from llmrelay.cache.semantic import LocalEmbedder, RedisSemanticIndex, Verifier
 
+from .conftest import REDIS_URL, redis_prefix_that_expires
 from .test_semantic import SharedEmbedder, minilm  # noqa: F401  (the module-scoped model fixture)
-
-REDIS_URL = os.environ.get("LLMRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def _redis_missing() -> str | None:
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        return "the redis package is not installed (pip install -e '.[dev]')"
-    parts = urlsplit(REDIS_URL)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5).close()
-    except OSError as exc:
-        return f"no Redis at {REDIS_URL} ({exc.strerror or exc})"
-    return None
 
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    reason = _redis_missing()
-    if reason:
-        if os.environ.get("LLMRELAY_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"LLMRELAY_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
-    import redis
-
-    prefix = f"llmrelay-test:{uuid.uuid4().hex}:semantic"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
+    with redis_prefix_that_expires("semantic") as prefix:
         yield prefix
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        # Everything written expires by itself: nothing accumulates in a long-lived Redis.
-        assert all(client.pttl(k) > 0 for k in keys), [k for k in keys if client.pttl(k) <= 0]
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture

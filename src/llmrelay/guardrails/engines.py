@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..providers.base import HTTPProvider
+    from ..relay import Relay
     from .injection import InjectionDetector
     from .pii import PiiRedactor
 
@@ -112,3 +113,13 @@ class Engines:
 def _counts(category: str, only: tuple[str, ...]) -> bool:
     """Whether ``category`` is one the policy acts on (``violence`` covers ``violence/graphic``)."""
     return not only or any(category == c or category.startswith(c + "/") for c in only)
+
+
+def route_policies(relay: Relay, side: str) -> dict[str, GuardrailPolicy]:
+    """Each route's merged policy, for the routes whose ``side`` (``input_on`` / ``output_on``)
+    is on. Per route for now; an API key's own policy (issue #9) will be merged on top."""
+    return {
+        entry.name: policy
+        for entry in relay.catalog
+        if getattr(policy := relay.settings.guardrails.merged(entry.settings.guardrails), side)
+    }

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..config import GuardrailPolicy, InjectionGuard
 from ..pipeline import Call, Handler, Result
 from ..types import ChatRequest, Message
-from .engines import Engines
+from .engines import Engines, route_policies
 from .limits import check_limits
 from .redaction import redact_request
 from .verdicts import found, note
@@ -39,11 +39,7 @@ class GuardInput:
     @classmethod
     def from_relay(cls, relay: Relay) -> GuardInput | None:
         """The stage, or None when no route checks its input (then it is left out of the chain)."""
-        policies = {
-            entry.name: policy
-            for entry in relay.catalog
-            if (policy := relay.settings.guardrails.merged(entry.settings.guardrails)).input_on
-        }
+        policies = route_policies(relay, "input_on")
         return cls(policies, Engines(relay.providers)) if policies else None
 
     def policy(self, call: Call) -> GuardrailPolicy | None:

@@ -27,7 +27,7 @@ from ..config import GuardrailPolicy, JsonGuard
 from ..errors import GatewayError, GuardrailOutputInvalid, UpstreamProtocolError
 from ..pipeline import Call, Handler, Result, Stream
 from ..types import ChatResponse, Chunk
-from .engines import Engines
+from .engines import Engines, route_policies
 from .jsonmode import JsonSpec, added, asking, reask_request, spec_for
 from .redaction import redact_response, redacted_stream
 from .verdicts import found, note
@@ -53,11 +53,7 @@ class GuardOutput:
     @classmethod
     def from_relay(cls, relay: Relay) -> GuardOutput | None:
         """The stage, or None when no route checks its answers (then it is left out of the chain)."""
-        policies = {
-            entry.name: policy
-            for entry in relay.catalog
-            if (policy := relay.settings.guardrails.merged(entry.settings.guardrails)).output_on
-        }
+        policies = route_policies(relay, "output_on")
         return cls(policies, Engines(relay.providers)) if policies else None
 
     def policy(self, call: Call) -> GuardrailPolicy | None:
