@@ -8,7 +8,8 @@ policy needs it, so a gateway without guardrails never imports them.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Self
 
 from ..config import GuardMode, GuardrailPolicy, ModerationGuard
 from ..errors import GatewayError, UpstreamUnavailable
@@ -115,11 +116,30 @@ def _counts(category: str, only: tuple[str, ...]) -> bool:
     return not only or any(category == c or category.startswith(c + "/") for c in only)
 
 
-def route_policies(relay: Relay, side: str) -> dict[str, GuardrailPolicy]:
-    """Each route's merged policy, for the routes whose ``side`` (``input_on`` / ``output_on``)
-    is on. Per route for now; an API key's own policy (issue #9) will be merged on top."""
-    return {
-        entry.name: policy
-        for entry in relay.catalog
-        if getattr(policy := relay.settings.guardrails.merged(entry.settings.guardrails), side)
-    }
+class RouteGuard:
+    """What both guard stages share: a policy per route (for routes that check this ``side``),
+    the engines those policies need loaded at start, and the stage left out when no route needs it."""
+
+    side: str  # "input" or "output"
+
+    def __init__(self, policies: Mapping[str, GuardrailPolicy], engines: Engines) -> None:
+        self.policies = dict(policies)  # model name -> its policy; a model without one is not checked
+        self.engines = engines
+        for policy in self.policies.values():
+            engines.prepare(policy, input=self.side == "input", output=self.side == "output")
+
+    @classmethod
+    def from_relay(cls, relay: Relay) -> Self | None:
+        """The stage, or None when no route checks this side (then it is left out of the chain)."""
+        policies = {
+            entry.name: policy
+            for entry in relay.catalog
+            if getattr(
+                policy := relay.settings.guardrails.merged(entry.settings.guardrails), f"{cls.side}_on"
+            )
+        }
+        return cls(policies, Engines(relay.providers)) if policies else None
+
+    def policy(self, call: Call) -> GuardrailPolicy | None:
+        # Per route for now; an API key's own policy (issue #9) will be merged on top here.
+        return self.policies.get(call.request.model)

@@ -12,39 +12,24 @@ every guard that ran leaves its verdict on the record (verdicts.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..config import GuardrailPolicy, InjectionGuard
 from ..pipeline import Call, Handler, Result
 from ..types import ChatRequest, Message
-from .engines import Engines, route_policies
+from .engines import RouteGuard
 from .limits import check_limits
 from .redaction import redact_request
 from .verdicts import found, note
 
 if TYPE_CHECKING:
-    from ..relay import Relay
+    pass
 
 STAGE = "input"
 
 
-class GuardInput:
-    def __init__(self, policies: Mapping[str, GuardrailPolicy], engines: Engines) -> None:
-        self.policies = dict(policies)  # model name -> its policy; a model without one is not checked
-        self.engines = engines
-        for policy in self.policies.values():
-            engines.prepare(policy, input=True, output=False)
-
-    @classmethod
-    def from_relay(cls, relay: Relay) -> GuardInput | None:
-        """The stage, or None when no route checks its input (then it is left out of the chain)."""
-        policies = route_policies(relay, "input_on")
-        return cls(policies, Engines(relay.providers)) if policies else None
-
-    def policy(self, call: Call) -> GuardrailPolicy | None:
-        # Per route for now; an API key's own policy (issue #9) will be merged on top here.
-        return self.policies.get(call.request.model)
+class GuardInput(RouteGuard):
+    side = STAGE
 
     async def __call__(self, call: Call, next: Handler) -> Result:
         policy = self.policy(call)

@@ -27,38 +27,27 @@ from ..config import GuardrailPolicy, JsonGuard
 from ..errors import GatewayError, GuardrailOutputInvalid, UpstreamProtocolError
 from ..pipeline import Call, Handler, Result, Stream
 from ..types import ChatResponse, Chunk
-from .engines import Engines, route_policies
+from .engines import Engines, RouteGuard
 from .jsonmode import JsonSpec, added, asking, reask_request, spec_for
 from .redaction import redact_response, redacted_stream
 from .verdicts import found, note
 
 if TYPE_CHECKING:
-    from ..relay import Relay
     from .pii import Span
 
 STAGE = "output"
 
 
-class GuardOutput:
+class GuardOutput(RouteGuard):
+    side = STAGE
+
     def __init__(self, policies: Mapping[str, GuardrailPolicy], engines: Engines) -> None:
-        self.policies = dict(policies)  # model name -> its policy; a model without one is not checked
-        self.engines = engines
+        super().__init__(policies, engines)
         for policy in self.policies.values():
-            engines.prepare(policy, input=False, output=True)
             if policy.json_.mode != "off":
                 from .jsonmode import policy_spec
 
                 policy_spec(policy.json_)  # a bad schema in the config fails the start
-
-    @classmethod
-    def from_relay(cls, relay: Relay) -> GuardOutput | None:
-        """The stage, or None when no route checks its answers (then it is left out of the chain)."""
-        policies = route_policies(relay, "output_on")
-        return cls(policies, Engines(relay.providers)) if policies else None
-
-    def policy(self, call: Call) -> GuardrailPolicy | None:
-        # Per route for now; an API key's own policy (issue #9) will be merged on top here.
-        return self.policies.get(call.request.model)
 
     async def __call__(self, call: Call, next: Handler) -> Result:
         policy = self.policy(call)
