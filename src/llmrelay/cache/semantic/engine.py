@@ -43,6 +43,7 @@ class LocalSemanticIndex:
         self.candidates = candidates
         self.margin = margin
         self.clock = clock
+        self.max_entries = max_entries
         self.index: ScopedIndex | None = None  # sized on the first vector (the embedder decides dim)
         self._index_args = {
             "max_entries": max_entries,

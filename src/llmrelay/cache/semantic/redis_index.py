@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,6 @@ import numpy as np
 from .embedders import Embedder
 from .engine import LocalSemanticIndex
 from .index import Entry
-from .verify import Verifier
 
 log = logging.getLogger("llmrelay.cache.semantic")
 
@@ -68,27 +65,11 @@ class RedisSemanticIndex(LocalSemanticIndex):
         redis_url: str,
         *,
         prefix: str = "llmrelay:semantic",
-        max_entries: int = 100_000,
-        verifier: Verifier | None = None,
-        candidates: int = 4,
-        margin: float = 0.0,
-        hnsw_from: int = 512,
-        dtype: str = "i8",
-        clock: Callable[[], float] = time.time,
+        **options: Any,  # LocalSemanticIndex's: max_entries, verifier, candidates, margin, ...
     ) -> None:
         import redis.asyncio as redis
 
-        super().__init__(
-            embedder,
-            max_entries=max_entries,
-            verifier=verifier,
-            candidates=candidates,
-            margin=margin,
-            hnsw_from=hnsw_from,
-            dtype=dtype,
-            clock=clock,
-        )
-        self.max_entries = max_entries
+        super().__init__(embedder, **options)
         self.prefix = f"{prefix}:{embedder.name}"
         # Bounded waits: an unreachable Redis must cost a lookup a miss, not a hang.
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
