@@ -31,7 +31,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -225,9 +224,7 @@ def main() -> None:
     key = "sk-bench"
     plain = json.dumps(BODY, separators=(",", ":")).encode()
     streamed = json.dumps({**BODY, "stream": True}, separators=(",", ":")).encode()
-    tmp = Path(tempfile.mkdtemp(prefix="llmrelay-bench-cache-"))
-    procs: list[overhead.Proc] = []
-    try:
+    with overhead.bench_run("llmrelay-bench-cache-", args.keep_logs) as (tmp, procs):
         if overhead._nginx():
             up_proc, up_url = overhead.start_nginx(tmp, procs, overhead.free_port())
             upstream = "nginx (1 worker, fixed chat-completion JSON)"
@@ -272,16 +269,6 @@ def main() -> None:
                 print(f"c={c} round {i + 1}/{args.rounds}: " + ", ".join(line), flush=True)
         print(f"(load phase took {time.monotonic() - started:.0f}s)")
         report(targets, args.concurrency, upstream)
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the servers", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ See bench/README.md for what the numbers mean and the figures measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -35,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -541,6 +543,26 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
+@contextlib.contextmanager
+def bench_run(prefix: str, keep_logs: bool) -> Iterator[tuple[Path, list[Proc]]]:
+    """A temp dir for one run and the list of processes it starts: they are stopped and the dir
+    removed at the end, on errors and on Ctrl-C (``keep_logs`` keeps the dir)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    procs: list[Proc] = []
+    try:
+        yield tmp, procs
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping the servers", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        if keep_logs:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
         url, n, c, key = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -599,9 +621,7 @@ def main() -> None:
         proc = Proc(name, _Foreign(pid), Path("/dev/null")) if pid else None
         extra.append(Target(name, base.rstrip("/") + "/chat/completions", proc))
 
-    tmp = Path(tempfile.mkdtemp(prefix="llmrelay-bench-"))
-    procs: list[Proc] = []
-    try:
+    with bench_run("llmrelay-bench-", args.keep_logs) as (tmp, procs):
         if args.generator == "python" or (args.generator == "auto" and shutil.which("wrk") is None):
             if args.generator == "auto":
                 print(
@@ -656,16 +676,6 @@ def main() -> None:
                 print(f"c={c} round {i + 1}/{args.rounds}: " + ", ".join(line), flush=True)
         print(f"(load phase took {time.monotonic() - started:.0f}s)")
         report(targets, args.concurrency, upstream, gen.name)
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the servers", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
