@@ -81,7 +81,7 @@ async def recorded(home: Path, call_id: str):
     store = SqliteCallStore(home / "calls.db")
     await store.open()
     try:
-        for _ in range(100):
+        for _ in range(200):
             record = await store.get(call_id)
             if record is not None:
                 return record
@@ -136,6 +136,30 @@ def simulator(session_tmp: Path) -> Iterator[Server]:
     )
     yield server
     stop_process(server)
+
+
+def calllog_gateway_config(sim: str, home: Path, tag: str, **calllog: object) -> dict:
+    """Four models whose calls cover the record's cases (success, stream, fallback, failure), logged
+    to SQLite under ``home``; ``tag`` names the failing upstreams after the test module."""
+    return {
+        "execute": {"timeout_s": 5, "max_attempts": 2, "backoff_base_s": 0.01},
+        "calllog": {
+            "directory": str(home),
+            "store": "sqlite:///calls.db",
+            "flush_interval_s": 0.05,
+            **calllog,
+        },
+        "providers": {
+            "oa": {"kind": "openai", "base_url": sim + "/v1"},
+            "an": {"kind": "anthropic", "base_url": sim},
+        },
+        "models": [
+            {"name": "gpt-4o-mini", "provider": "oa"},
+            {"name": "claude", "provider": "an", "upstream": "claude-haiku-4-5"},
+            {"name": "flaky", "provider": "oa", "upstream": f"fault-500-{tag}", "fallbacks": ["claude"]},
+            {"name": "broken", "provider": "oa", "upstream": f"fault-503-{tag}"},
+        ],
+    }
 
 
 def gateway_config(simulator_url: str, **server: object) -> dict:

@@ -21,7 +21,7 @@ from llmrelay.observability.records import CallRecord
 from llmrelay.observability.sqlite_store import SqliteCallStore
 from llmrelay.observability.writer import JournalWriter
 
-from .conftest import free_port, start_process, stop_process
+from .conftest import calllog_gateway_config, free_port, start_process, stop_process
 from .factories import call_record
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -143,25 +143,7 @@ async def _count(store, n: int) -> bool:
 
 
 def gateway_config(sim: str, home) -> dict:
-    return {
-        "execute": {"timeout_s": 5, "max_attempts": 2, "backoff_base_s": 0.01},
-        "calllog": {
-            "directory": str(home),
-            "store": "sqlite:///calls.db",
-            "bodies": "redacted",
-            "flush_interval_s": 0.05,
-        },
-        "providers": {
-            "oa": {"kind": "openai", "base_url": sim + "/v1"},
-            "an": {"kind": "anthropic", "base_url": sim},
-        },
-        "models": [
-            {"name": "gpt-4o-mini", "provider": "oa"},
-            {"name": "claude", "provider": "an", "upstream": "claude-haiku-4-5"},
-            {"name": "flaky", "provider": "oa", "upstream": "fault-500-calllog", "fallbacks": ["claude"]},
-            {"name": "broken", "provider": "oa", "upstream": "fault-503-calllog"},
-        ],
-    }
+    return calllog_gateway_config(sim, home, "calllog", bodies="redacted")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from llmrelay.observability.sqlite_store import SqliteCallStore
 from llmrelay.server import dashboard
 from llmrelay.server.dashboard import OTHER
 
-from .conftest import MASTER_KEY, Server, free_port, start_process, stop_process
+from .conftest import MASTER_KEY, Server, calllog_gateway_config, free_port, start_process, stop_process
 from .factories import call_record
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -46,26 +46,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def gateway_config(sim: str, home: Path, *, calllog: bool = True, **server: Any) -> dict:
-    return {
-        "server": server,
-        "execute": {"timeout_s": 5, "max_attempts": 2, "backoff_base_s": 0.01},
-        "calllog": {
-            "enabled": calllog,
-            "directory": str(home),
-            "store": "sqlite:///calls.db",
-            "flush_interval_s": 0.05,
-        },
-        "providers": {
-            "oa": {"kind": "openai", "base_url": sim + "/v1"},
-            "an": {"kind": "anthropic", "base_url": sim},
-        },
-        "models": [
-            {"name": "gpt-4o-mini", "provider": "oa"},
-            {"name": "claude", "provider": "an", "upstream": "claude-haiku-4-5"},
-            {"name": "flaky", "provider": "oa", "upstream": "fault-500-dashboard", "fallbacks": ["claude"]},
-            {"name": "broken", "provider": "oa", "upstream": "fault-503-dashboard"},
-        ],
-    }
+    return {**calllog_gateway_config(sim, home, "dashboard", enabled=calllog), "server": server}
 
 
 def serve(config: dict, tmp: Path) -> Server:

@@ -4,7 +4,6 @@ exact dollars a client is charged for cache writes and reads (official SDKs -> g
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import uuid
 from decimal import Decimal
@@ -18,13 +17,11 @@ import yaml
 from llmrelay.catalog import Catalog
 from llmrelay.config import Settings
 from llmrelay.errors import ConfigError
-from llmrelay.observability.records import CallRecord
-from llmrelay.observability.sqlite_store import SqliteCallStore
 from llmrelay.providers import anthropic_format as af
 from llmrelay.providers.openai_format import parse_request
 from llmrelay.simulator.caching import PromptCache
 
-from .conftest import free_port, start_process, stop_process
+from .conftest import free_port, recorded, start_process, stop_process
 
 LONG = "The quick brown fox jumps over the lazy dog near the river bank. " * 120  # ~1600 tokens
 EPHEMERAL = {"type": "ephemeral"}
@@ -422,21 +419,6 @@ def caching_gateway(simulator, tmp_path_factory):
     stop_process(server)
 
 
-async def _record(server: Any, call_id: str) -> CallRecord:
-    """The call's record, once the gateway has written it to its SQLite call log."""
-    store = SqliteCallStore(server.home / "calls.db")
-    await store.open()
-    try:
-        for _ in range(200):
-            record = await store.get(call_id)
-            if record is not None:
-                return record
-            await asyncio.sleep(0.05)
-    finally:
-        await store.close()
-    raise AssertionError(f"no call record for {call_id}")
-
-
 def _system() -> str:
     return f"[{uuid.uuid4()}] " + LONG  # a prefix no earlier test (or run) has cached
 
@@ -469,7 +451,7 @@ async def test_anthropic_client_auto_breakpoints_pay_the_write_then_the_read(cla
             output=usage.output_tokens,
         )
         assert _header_dollars(raw.headers) == _as_header(cost)
-        record = await _record(caching_gateway, raw.headers["x-llmrelay-request-id"])
+        record = await recorded(caching_gateway.home, raw.headers["x-llmrelay-request-id"])
         assert Decimal(record.cost_usd) == cost and record.cost_exact
         assert (record.cache_write_tokens, record.cached_tokens) == (
             usage.cache_creation_input_tokens,
@@ -495,7 +477,7 @@ async def test_anthropic_client_stream_reports_cache_tokens_and_its_record_price
         call_id = stream.response.headers["x-llmrelay-request-id"]
         assert "x-llmrelay-cost-usd" not in stream.response.headers  # known only at the stream's end
     assert usage.cache_read_input_tokens > 1024 and usage.cache_creation_input_tokens == 0
-    record = await _record(caching_gateway, call_id)
+    record = await recorded(caching_gateway.home, call_id)
     assert record.stream and record.cached_tokens == usage.cache_read_input_tokens
     expected = _dollars(
         SONNET_4_5,
@@ -527,7 +509,8 @@ async def test_openai_client_calling_claude_gets_breakpoints_across_turns(oai, c
         )
         assert _header_dollars(raw.headers) == _as_header(cost)
         assert (
-            Decimal((await _record(caching_gateway, raw.headers["x-llmrelay-request-id"])).cost_usd) == cost
+            Decimal((await recorded(caching_gateway.home, raw.headers["x-llmrelay-request-id"])).cost_usd)
+            == cost
         )
         seen.append((details.cached_tokens, written))
         messages.append({"role": "assistant", "content": completion.choices[0].message.content})
@@ -548,7 +531,7 @@ async def test_openai_client_stream_to_claude_has_cache_usage(oai, caching_gatew
     usage = chunks[-1].usage
     read = usage.prompt_tokens_details.cached_tokens
     assert read > 1024 and usage.prompt_tokens_details.cache_write_tokens == 0
-    record = await _record(caching_gateway, call_id)
+    record = await recorded(caching_gateway.home, call_id)
     expected = _dollars(
         SONNET_4_5, uncached=usage.prompt_tokens - read, written=0, read=read, output=usage.completion_tokens
     )
@@ -588,7 +571,7 @@ async def test_anthropic_client_1_hour_mark_pays_the_1_hour_write(claude, cachin
             output=usage.output_tokens,
         )
         assert _header_dollars(raw.headers) == _as_header(cost)
-        record = await _record(caching_gateway, raw.headers["x-llmrelay-request-id"])
+        record = await recorded(caching_gateway.home, raw.headers["x-llmrelay-request-id"])
         assert Decimal(record.cost_usd) == cost and record.cost_exact
         assert record.cache_write_tokens == usage.cache_creation_input_tokens  # both TTLs, as before
         seen.append(usage)
@@ -617,7 +600,7 @@ async def test_anthropic_client_stream_1_hour_write_priced_in_its_record(claude,
         "ephemeral_5m_input_tokens": 0,
         "ephemeral_1h_input_tokens": written,
     }
-    record = await _record(caching_gateway, call_id)
+    record = await recorded(caching_gateway.home, call_id)
     expected = _dollars(
         SONNET_4_5,
         uncached=usage.input_tokens,
@@ -647,7 +630,9 @@ async def test_openai_client_1_hour_mark_priced_and_usage_shape_unchanged(oai, c
         output=usage["completion_tokens"],
     )
     assert _header_dollars(raw.headers) == _as_header(cost)
-    assert Decimal((await _record(caching_gateway, raw.headers["x-llmrelay-request-id"])).cost_usd) == cost
+    assert (
+        Decimal((await recorded(caching_gateway.home, raw.headers["x-llmrelay-request-id"])).cost_usd) == cost
+    )
 
 
 def test_passthrough_sends_the_clients_breakpoints_and_off_removes_them(claude):
@@ -685,7 +670,8 @@ async def test_openai_cached_tokens_priced_at_the_cached_rate(oai, caching_gatew
         )
         assert _header_dollars(raw.headers) == _as_header(cost)
         assert (
-            Decimal((await _record(caching_gateway, raw.headers["x-llmrelay-request-id"])).cost_usd) == cost
+            Decimal((await recorded(caching_gateway.home, raw.headers["x-llmrelay-request-id"])).cost_usd)
+            == cost
         )
         seen.append((usage.prompt_tokens, cached))
     assert seen[0][1] == 0
@@ -706,4 +692,4 @@ async def test_openai_cached_tokens_priced_at_the_cached_rate(oai, caching_gatew
         read=cached,
         output=usage.completion_tokens,
     )
-    assert Decimal((await _record(caching_gateway, call_id)).cost_usd) == expected
+    assert Decimal((await recorded(caching_gateway.home, call_id)).cost_usd) == expected
