@@ -39,6 +39,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    home: Path | None = None  # a gateway's call-log directory, when serve_config started it
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -89,6 +90,16 @@ async def recorded(home: Path, call_id: str):
     finally:
         await store.close()
     raise AssertionError(f"{call_id} never reached the call log")
+
+
+def serve_config(config: dict, tmp: Path) -> Server:
+    """``llmrelay serve`` on ``config`` (written as YAML under ``tmp``), ready to answer."""
+    path = tmp / f"gateway-{free_port()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp, ready_path="/healthz")
+    directory = config.get("calllog", {}).get("directory")
+    server.home = Path(directory) if directory else None
+    return server
 
 
 def stop_process(server: Server) -> None:

@@ -13,14 +13,13 @@ import anthropic
 import httpx
 import openai
 import pytest
-import yaml
 
 from llmrelay import Relay
 from llmrelay import relay as relay_module
 from llmrelay.pipeline import Call
 from llmrelay.providers import openai_format
 
-from .conftest import free_port, gateway_config, recorded, start_process, stop_process
+from .conftest import gateway_config, recorded, serve_config, stop_process
 
 WEATHER_TOOL = {
     "type": "function",
@@ -56,10 +55,7 @@ def cache_config(simulator_url: str, home) -> dict:
 def cached_gateway(simulator, tmp_path_factory):
     """A gateway with the default cache (in memory) and no master key: each API key is a tenant."""
     tmp = tmp_path_factory.mktemp("cache")
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(cache_config(simulator.url, tmp / "home")))
-    server = start_process(["serve", "--config", str(path)], free_port(), tmp, ready_path="/healthz")
-    server.home = tmp / "home"  # type: ignore[attr-defined]
+    server = serve_config(cache_config(simulator.url, tmp / "home"), tmp)
     yield server
     stop_process(server)
 

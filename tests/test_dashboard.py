@@ -19,14 +19,19 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
 from llmrelay.observability.records import AttemptRecord, CallRecord, key_id
 from llmrelay.observability.sqlite_store import SqliteCallStore
 from llmrelay.server import dashboard
 from llmrelay.server.dashboard import OTHER
 
-from .conftest import MASTER_KEY, Server, calllog_gateway_config, free_port, start_process, stop_process
+from .conftest import (
+    MASTER_KEY,
+    Server,
+    calllog_gateway_config,
+    serve_config,
+    stop_process,
+)
 from .factories import call_record
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -49,17 +54,11 @@ def gateway_config(sim: str, home: Path, *, calllog: bool = True, **server: Any)
     return {**calllog_gateway_config(sim, home, "dashboard", enabled=calllog), "server": server}
 
 
-def serve(config: dict, tmp: Path) -> Server:
-    path = tmp / f"gateway-{free_port()}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return start_process(["serve", "--config", str(path)], free_port(), tmp, ready_path="/healthz")
-
-
 @pytest.fixture(scope="module")
 def gateway(simulator: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A gateway with a master key and a call log (SQLite in a temp dir) in front of the simulator."""
     tmp = tmp_path_factory.mktemp("dashboard")
-    server = serve(gateway_config(simulator.url, tmp / "home", master_key=MASTER_KEY), tmp)
+    server = serve_config(gateway_config(simulator.url, tmp / "home", master_key=MASTER_KEY), tmp)
     yield server
     stop_process(server)
 
@@ -94,7 +93,7 @@ def calls(gateway: Server) -> dict[str, str]:
 def open_gateway(simulator: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """No master key, no call log."""
     tmp = tmp_path_factory.mktemp("dashboard-off")
-    server = serve(gateway_config(simulator.url, tmp / "home", calllog=False), tmp)
+    server = serve_config(gateway_config(simulator.url, tmp / "home", calllog=False), tmp)
     yield server
     stop_process(server)
 

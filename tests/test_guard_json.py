@@ -9,9 +9,8 @@ import anthropic
 import httpx
 import openai
 import pytest
-import yaml
 
-from .conftest import free_port, gateway_config, recorded, start_process, stop_process
+from .conftest import gateway_config, recorded, serve_config, stop_process
 
 OA = {"provider": "up-openai", "upstream": "gpt-4o-mini"}
 # Answers "Sorry, no JSON today." to anything; priced like gpt-4o-mini.
@@ -50,10 +49,7 @@ def gw(simulator, tmp_path_factory):
             "guardrails": {"json": {"mode": "block", "when": "always", "schema": ANSWER_SCHEMA}},
         },
     ]
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    server = start_process(["serve", "--config", str(path)], free_port(), tmp, ready_path="/healthz")
-    server.home = tmp / "home"  # type: ignore[attr-defined]
+    server = serve_config(config, tmp)
     yield server
     stop_process(server)
 

@@ -12,7 +12,6 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-import yaml
 
 from llmrelay.catalog import Catalog
 from llmrelay.config import Settings
@@ -21,7 +20,7 @@ from llmrelay.providers import anthropic_format as af
 from llmrelay.providers.openai_format import parse_request
 from llmrelay.simulator.caching import PromptCache
 
-from .conftest import free_port, recorded, start_process, stop_process
+from .conftest import recorded, serve_config, stop_process
 
 LONG = "The quick brown fox jumps over the lazy dog near the river bank. " * 120  # ~1600 tokens
 EPHEMERAL = {"type": "ephemeral"}
@@ -411,10 +410,7 @@ def caching_gateway(simulator, tmp_path_factory):
             {"name": "gpt-4o-mini", "provider": "oa"},
         ],
     }
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    server = start_process(["serve", "--config", str(path)], free_port(), tmp, ready_path="/healthz")
-    server.home = home  # type: ignore[attr-defined]
+    server = serve_config(config, tmp)
     yield server
     stop_process(server)
 
