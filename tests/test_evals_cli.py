@@ -154,3 +154,37 @@ def test_a_killed_run_resumes_without_rerunning_finished_cases(tmp_path):
     assert "slow: 16 cases x 1 models" in out and "gate: passed" in out
     headers = [json.loads(line) for line in run.read_text().splitlines() if '"kind":"run"' in line]
     assert len(headers) == 2 and headers[1]["resumed"] is True
+
+
+def test_ctrl_c_keeps_the_results_and_says_how_to_resume(tmp_path):
+    suite, run = tmp_path / "slow.yaml", tmp_path / "run.jsonl"
+    suite.write_text(yaml.safe_dump(SLOW_SUITE))
+    process = cli("eval", "run", str(suite), "--run-file", str(run))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not run.exists() or run.read_text().count('"kind":"result"') < 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 130, err
+    assert f"llmrelay eval run --resume {run}" in err and "Traceback" not in err
+    assert 2 <= len(result_lines(run)) < 16
+
+
+def test_a_second_run_is_answered_by_the_cache(tmp_path):
+    """By default answers are cached on disk: an unchanged suite run again pays nothing, and its
+    report still prices every answer at the model's rate."""
+    config = {
+        **SLOW_SUITE["config"],
+        "cache": {"backend": "sqlite", "sqlite_path": str(tmp_path / "cache.db")},
+    }
+    config["simulator"] = {"enabled": True}
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({**SLOW_SUITE, "config": config}))
+    for name in ("first", "second"):
+        assert main(["eval", "run", str(suite), "--run-file", str(tmp_path / f"{name}.jsonl")]) == 0
+    first, second = result_lines(tmp_path / "first.jsonl"), result_lines(tmp_path / "second.jsonl")
+    assert not any(r["cached"] for r in first) and all(r["cached"] for r in second)
+    assert {r["case"]: r["cost_usd"] for r in first} == {r["case"]: r["cost_usd"] for r in second}
+    assert all(r["spent_usd"] == "0" for r in second) and all(r["spent_usd"] != "0" for r in first)
+    assert main(["eval", "run", str(suite), "--no-cache", "--run-file", str(tmp_path / "third.jsonl")]) == 0
+    assert not any(r["cached"] for r in result_lines(tmp_path / "third.jsonl"))

@@ -19,7 +19,7 @@ from .runfile import Result
 
 MODEL_COLUMNS = [
     "model", "pass rate", "passed", "errors", "p50 ms", "p95 ms", "tokens in", "tokens out",
-    "cost", "cost/request", "cost/correct",
+    "cost", "cost/request", "cost/correct", "cached",
 ]  # fmt: skip
 
 
@@ -40,6 +40,7 @@ def model_row(m: ModelStats) -> list[str]:
         usd(m.cost_usd),
         usd(m.cost_per_request, 8),
         usd(m.cost_per_correct, 8),
+        str(m.cached),
     ]
 
 

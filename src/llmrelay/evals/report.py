@@ -101,7 +101,8 @@ def summarize(
 
 
 def _model_stats(model: str, rows: list[Result]) -> ModelStats:
-    answered = sorted(r.latency_ms for r in rows if r.status != "error")
+    # A cached answer's latency says nothing about the model: only fresh answers count.
+    answered = sorted(r.latency_ms for r in rows if r.status != "error" and not r.cached)
     zero = Decimal(0)
     return ModelStats(
         model=model,

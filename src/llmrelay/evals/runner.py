@@ -40,6 +40,14 @@ def gateway_settings(config: str | Path | Mapping[str, Any] | None, simulator_ru
     embedded simulator answering from ``simulator_rules`` when given."""
     if isinstance(config, Mapping):
         settings = Settings.from_dict(dict(config), source="suite config")
+    elif config is None:
+        # As promptfoo does, answers are cached on disk by default (in LLMRELAY_HOME), so running a
+        # suite again costs only its changed cases; --no-cache asks afresh. A config file's own
+        # cache settings stand as written.
+        settings = Settings.embedded()
+        settings = settings.model_copy(
+            update={"cache": settings.cache.model_copy(update={"backend": "sqlite"})}
+        )
     else:
         settings = Settings.load(config)
     if simulator_rules is None:
