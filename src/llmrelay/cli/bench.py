@@ -30,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="gateway config file (default: the embedded one)")
     p.add_argument("--simulator-rules", help="rules file for the embedded simulator (docs/simulator.md)")
     p.add_argument("--concurrency", "-j", type=int, default=4)
-    p.add_argument("--run-file", help="where results go (default: $LLMRELAY_HOME/evals/)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted benchmark")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--run-file", help="where results go (default: $LLMRELAY_HOME/evals/)")
+    where.add_argument("--resume", metavar="RUN", help="continue an interrupted benchmark")
     p.add_argument("--no-cache", action="store_true", help="bypass the response cache (measure real latency)")
     p.add_argument("--output", "-o", action="append", default=[], help="also write .json .md .html .xml")
     p.add_argument("--json", action="store_true", help="print the summary and recommendation as JSON")
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
         raise ConfigError("--min-accuracy is between 0 and 1 (0.9 for 90%)")
+    if args.concurrency < 1:
+        raise ConfigError("--concurrency is at least 1")
     models = _split(args.models)
     rows = load_rows(args.data, args.input_field, args.label_field)
     suite = bench_suite(

@@ -30,10 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="a model to run (repeatable, or a,b,c); default: the suite's models")  # fmt: skip
     run.add_argument("--config", help="gateway config file (default: the suite's, else the embedded one)")
     run.add_argument("--concurrency", "-j", type=int, help="calls in flight (default: the suite's, 4)")
-    run.add_argument(
-        "--run-file", help="where results go, one JSON line each (default: $LLMRELAY_HOME/evals/)"
-    )
-    run.add_argument("--resume", metavar="RUN", help="continue RUN: only the cases it has no result for")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--run-file", help="where results go, one line each (default: $LLMRELAY_HOME/evals/)")
+    where.add_argument("--resume", metavar="RUN", help="continue RUN: only the cases it has no result for")
     run.add_argument("--judge-model", help="default model for llm_judge graders")
     run.add_argument("--no-cache", action="store_true", help="bypass the response cache (fresh answers)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a TTY)")
@@ -67,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..evals import RunFile, RunOptions, load_suite, run_header, run_suite
 
     thresholds = _thresholds(args.threshold)  # bad options fail before any call
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError("--concurrency is at least 1")
     resumed = RunFile.open(args.resume) if args.resume else None
     suite_path = args.suite or (resumed.header.get("suite_path") if resumed else None)
     if suite_path is None:
