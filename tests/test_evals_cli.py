@@ -188,3 +188,61 @@ def test_a_second_run_is_answered_by_the_cache(tmp_path):
     assert all(r["spent_usd"] == "0" for r in second) and all(r["spent_usd"] != "0" for r in first)
     assert main(["eval", "run", str(suite), "--no-cache", "--run-file", str(tmp_path / "third.jsonl")]) == 0
     assert not any(r["cached"] for r in result_lines(tmp_path / "third.jsonl"))
+
+
+def test_suite_defaults_templates_messages_and_case_files(tmp_path):
+    from llmrelay.evals import load_suite
+
+    (tmp_path / "more.jsonl").write_text(
+        json.dumps({"id": "j1", "input": "from jsonl", "expected": "x"}) + "\n"
+    )
+    (tmp_path / "more.yaml").write_text(
+        yaml.safe_dump([{"id": "y1", "input": "from yaml", "category": "other"}])
+    )
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["sim/gpt-4o"],
+                "system": "You work for {{company}}.",
+                "prompt": "{{company}} customer ({{tier}}): {{input}}",
+                "params": {"max_tokens": 30},
+                "defaults": {
+                    "category": "general",
+                    "vars": {"company": "Acme", "tier": "free"},
+                    "graders": ["json_valid"],
+                },
+                "cases": [
+                    {"id": "t1", "input": "hi", "vars": {"tier": "gold"}},
+                    {
+                        "id": "m1",
+                        "messages": [
+                            {"role": "user", "content": "a"},
+                            {"role": "assistant", "content": "b"},
+                            {"role": "user", "content": "c"},
+                        ],
+                        "params": {"temperature": 0.5},
+                    },
+                    "more.jsonl",
+                    "more.yaml",
+                ],
+            }
+        )
+    )
+    suite = load_suite(suite_file)
+    cases = {c.id: c for c in suite.cases}
+    assert list(cases) == ["t1", "m1", "j1", "y1"] and suite.name == "s"
+    assert cases["t1"].messages == [
+        {"role": "system", "content": "You work for Acme."},
+        {"role": "user", "content": "Acme customer (gold): hi"},
+    ]
+    assert cases["t1"].params == {"temperature": 0, "max_tokens": 30}
+    assert cases["m1"].messages[0]["role"] == "system" and cases["m1"].input_text == "c"
+    assert cases["m1"].params["temperature"] == 0.5
+    assert cases["j1"].expected == "x" and suite.categories == ["general", "other"]
+    # A changed case changes its hash (a resumed run re-runs it); an unchanged one keeps it.
+    again = {c.id: c.hash for c in load_suite(suite_file).cases}
+    assert again == {c.id: c.hash for c in suite.cases}
+    (tmp_path / "more.jsonl").write_text(json.dumps({"id": "j1", "input": "changed", "expected": "x"}) + "\n")
+    changed = {c.id: c.hash for c in load_suite(suite_file).cases}
+    assert changed["j1"] != again["j1"] and changed["t1"] == again["t1"]
