@@ -8,6 +8,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import anthropic
 import genai_prices
 import openai
 import pytest
@@ -381,3 +382,30 @@ async def test_costs_by_variant_and_the_money_routing_saved(client, gateway, tmp
     assert Decimal(rows["ab/routed"][-1].strip("$")) > 0
     saved = Decimal(out.split("routing saved $")[1].split()[0])
     assert saved >= sum(Decimal(r[-1].strip("$")) for g, r in rows.items() if g.startswith("ab/")) > 0
+
+
+async def test_a_cache_hit_records_the_decision_but_no_routing_saving(client, gateway):
+    content = f"{EASY} {uuid.uuid4().hex}"
+    _, first = ask(client, "auto", content, temperature=0)
+    answer, hit = ask(client, "auto", content, temperature=0)
+    assert (first["x-llmrelay-cache"], hit["x-llmrelay-cache"]) == ("miss", "hit") and answer.model == "small"
+    assert "saved_usd" in await decision(gateway, first)
+    record = await recorded(gateway.home, hit["x-llmrelay-request-id"])
+    assert record.status == "cache_hit" and record.extra["route"]["model"] == "small"
+    assert "saved_usd" not in record.extra["route"] and Decimal(record.extra["saved_usd"]) > 0  # the cache's
+
+
+def test_the_anthropic_api_can_name_a_route_too(gateway):
+    with anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0) as claude:
+        message = claude.messages.create(
+            model="auto", max_tokens=50, messages=[{"role": "user", "content": HARD}]
+        )
+    assert message.model == "big" and message.content[0].text == f"You said: {HARD}"
+
+
+async def test_without_routes_the_stage_is_not_in_the_chain():
+    from llmrelay import Relay
+    from llmrelay.routing.stage import RouteStage
+
+    async with Relay({"calllog": {"enabled": False}}) as relay:
+        assert "route" in relay.settings.pipeline and RouteStage.from_relay(relay) is None
