@@ -321,7 +321,7 @@ async def test_experiment_variants_are_sticky_per_user_and_on_every_record(clien
             answer, headers = ask(client, "auto-ab", EASY, user=user)
             seen.setdefault(user, set()).add(headers["x-llmrelay-variant"])
             if headers["x-llmrelay-variant"] == "frontier":
-                assert answer.model == "big"
+                assert answer.model == "big" and headers["x-llmrelay-route"] == "auto-ab:frontier"
     assert all(len(variants) == 1 for variants in seen.values())  # sticky
     assert {v for variants in seen.values() for v in variants} == {"routed", "frontier", "terse"}
     route = await decision(gateway, headers)

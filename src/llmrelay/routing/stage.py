@@ -99,7 +99,8 @@ class Route:
         if arm.system is not None:
             call.request = _with_system(call.request, arm.system)
         if arm.model is not None:
-            decision.update(router="variant", model=arm.model.name, score=None)
+            tier = next((t for t, m in self.models.items() if m is arm.model), None)  # if one serves it
+            decision.update(router="variant", tier=tier, model=arm.model.name, score=None)
             decision["reason"] = f"variant {decision['variant']} sends every call to {arm.model.name}"
             return arm.model, decision
         verdict = self.rules.match(call)
