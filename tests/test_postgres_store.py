@@ -311,6 +311,7 @@ async def test_totals_are_exact_and_grouped(store: PostgresCallStore) -> None:
         "prompt_tokens": 30,
         "completion_tokens": 15,
         "cost_usd": "0.6",  # 0.1 + 0.2 + 0.3, exactly
+        "saved_usd": "0",  # by routing: none of these was routed
         "latency_p50_ms": pytest.approx(percentile(a_latencies, 0.5)),
         "latency_p95_ms": pytest.approx(percentile(a_latencies, 0.95)),
     }

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .routing.settings import RouteSettings, check_routes
 
 ProviderKind = Literal["openai", "anthropic"]
 Tier = Literal["frontier", "mid", "small", "open"]
@@ -346,8 +347,9 @@ class Settings(_Settings):
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
     guardrails: GuardrailPolicy = GuardrailPolicy()  # the default of every model (docs/guardrails.md)
-    # A guard stage with nothing to do on any model is left out of the chain (no cost at all).
-    pipeline: tuple[str, ...] = ("record", "guard_input", "cache", "guard_output", "execute")
+    routes: list[RouteSettings] = []  # model aliases resolved per request (docs/routing.md)
+    # A route or guard stage with nothing to do on any model is left out of the chain (no cost at all).
+    pipeline: tuple[str, ...] = ("record", "route", "guard_input", "cache", "guard_output", "execute")
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
 
     @model_validator(mode="after")
@@ -367,6 +369,7 @@ class Settings(_Settings):
                         f"model {m.name!r} falls back to {fallback!r}, which is not another model here"
                     )
         self._check_guardrails()
+        check_routes(self.routes, [m.name for m in self.models], self.pipeline)
         return self
 
     def _check_guardrails(self) -> None:

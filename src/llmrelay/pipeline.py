@@ -70,6 +70,10 @@ class Call:
     response_headers: dict[str, str] = field(default_factory=dict)
     # What later stages learn (route decision, cache status, guardrail verdicts), for the record:
     extra: dict[str, Any] = field(default_factory=dict)
+    requested_model: str = ""  # what the client named (a route resolves it to a model): set at creation
+
+    def __post_init__(self) -> None:
+        self.requested_model = self.requested_model or self.request.model
 
     @property
     def stream(self) -> bool:

@@ -29,6 +29,7 @@ from .providers.base import HttpClient, HTTPProvider
 from .providers.registry import build_providers
 from .reliability.breaker import Breakers, BreakerSettings, build_breakers
 from .reliability.executor import Executor
+from .routing.stage import RouteStage
 from .types import ChatRequest, ChatResponse, Chunk
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ _Closable = TypeVar("_Closable", bound=Any)  # a stage with ``async def aclose()
 
 STAGES: dict[str, StageFactory] = {
     "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
+    "route": RouteStage.from_relay,
     "guard_input": GuardInput.from_relay,
     "cache": lambda relay: relay.owned(CacheStage.from_relay(relay)),
     "guard_output": GuardOutput.from_relay,

@@ -6,9 +6,17 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from . import bench, costs, evals, logs, serve, simulate
+from . import bench, costs, evals, logs, router, serve, simulate
 
-COMMANDS = {"serve": serve, "simulate": simulate, "logs": logs, "costs": costs, "eval": evals, "bench": bench}
+COMMANDS = {
+    "serve": serve,
+    "simulate": simulate,
+    "logs": logs,
+    "costs": costs,
+    "router": router,
+    "eval": evals,
+    "bench": bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,9 @@ def _banner(relay: Relay, host: str, port: int) -> None:
         )
         fallbacks = f"  -> {', '.join(entry.settings.fallbacks)}" if entry.settings.fallbacks else ""
         lines.append(f"    {entry.name:<24} {entry.settings.tier:<9} {where}{fallbacks}")
+    for route in relay.settings.routes:  # docs/routing.md
+        tiers = ", ".join(f"{t.name} {t.model}" for t in route.tiers)
+        lines.append(f"    {route.name:<24} {'route':<9} {route.router.kind}: {tiers}")
     if any(e.simulated for e in relay.catalog):
         lines.append("  simulated models answer from llmrelay's built-in simulator, not a real LLM;")
         lines.append("  set OPENAI_API_KEY / ANTHROPIC_API_KEY, or pass --config, to serve real ones.")

@@ -112,6 +112,8 @@ _GROUPS = {
     "user": "end_user",
     "day": "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "status": "status",
+    # An experiment's arm (routing/experiments.py); calls outside experiments group as NULL.
+    "variant": "(extra->'route'->>'experiment') || '/' || (extra->'route'->>'variant')",
 }
 
 
@@ -272,6 +274,7 @@ class PostgresCallStore:
                    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
                    coalesce(sum(completion_tokens), 0) AS completion_tokens,
                    coalesce(sum(cost_usd), 0) AS cost_usd,
+                   coalesce(sum((extra->'route'->>'saved_usd')::numeric), 0) AS saved_usd,
                    percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50_ms,
                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95_ms
             FROM calls {where}
@@ -280,7 +283,10 @@ class PostgresCallStore:
         """
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)
-        return [{**dict(row), "cost_usd": _money(row["cost_usd"])} for row in rows]
+        return [
+            {**dict(row), "cost_usd": _money(row["cost_usd"]), "saved_usd": _money(row["saved_usd"])}
+            for row in rows
+        ]
 
     # -- retention -------------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class CallRecord:
             api_format=call.api_format,
             api_key_id=key_id(call.principal),
             end_user=call.request.user,
-            requested_model=call.request.model,
+            requested_model=call.requested_model,
             model=deployment.model if deployment else None,
             provider=deployment.provider_name if deployment else None,
             upstream_model=deployment.upstream if deployment else None,
@@ -140,6 +140,12 @@ class CallRecord:
             upstream_ms=0.0,
             overhead_ms=latency_ms,
         )
+
+    @property
+    def fell_back(self) -> bool:
+        """Answered by another model than the one it was for: the requested one, or its route's pick."""
+        meant = (self.extra.get("route") or {}).get("model") or self.requested_model
+        return self.model is not None and self.model != meant
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,8 +218,8 @@ class CallStore(Protocol):
 
     async def totals(self, *, by: str, since: float | None = None) -> list[dict[str, Any]]: ...
 
-    # by: model | key | user | day | status -> rows {group, requests, errors, prompt_tokens,
-    #     completion_tokens, cost_usd (str), latency_p50_ms, latency_p95_ms}
+    # by: model | key | user | day | status | variant -> rows {group, requests, errors, prompt_tokens,
+    #     completion_tokens, cost_usd (str), saved_usd (str: by routing), latency_p50_ms, latency_p95_ms}
 
     async def prune(self, older_than: float) -> int: ...  # retention; returns records removed
 

@@ -107,6 +107,8 @@ _GROUPS = {
     "user": "end_user",
     "status": "status",
     "day": "date(started_at, 'unixepoch')",
+    # An experiment's arm (routing/experiments.py); calls outside experiments group as NULL.
+    "variant": "json_extract(extra, '$.route.experiment') || '/' || json_extract(extra, '$.route.variant')",
 }
 _NOT_ERRORS = ("success", "cache_hit")
 
@@ -280,11 +282,11 @@ class SqliteCallStore:
         # the percentiles need every latency anyway. Counts and tokens ride along in the same pass.
         where, params = _filters(since)
         sql = (
-            f"SELECT {_GROUPS[by]}, status, prompt_tokens, completion_tokens, cost_usd, latency_ms"
-            f" FROM calls{_where(where)}"
+            f"SELECT {_GROUPS[by]}, status, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
+            f" json_extract(extra, '$.route.saved_usd') FROM calls{_where(where)}"
         )
         groups: dict[Any, _Group] = {}
-        for group, status, prompt, completion, cost, latency in self._db.execute(sql, params):
+        for group, status, prompt, completion, cost, latency, saved in self._db.execute(sql, params):
             g = groups.get(group)
             if g is None:
                 g = groups[group] = _Group()
@@ -295,6 +297,8 @@ class SqliteCallStore:
             g.completion_tokens += completion
             if cost is not None:
                 g.cost = _SUM.add(g.cost, Decimal(cost))
+            if saved is not None:
+                g.saved = _SUM.add(g.saved, Decimal(saved))
             g.latencies.append(latency)
         rows = [g.row(group) for group, g in groups.items()]
         if by == "day":
@@ -324,7 +328,7 @@ class SqliteCallStore:
 
 
 class _Group:
-    __slots__ = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost", "latencies")
+    __slots__ = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost", "saved", "latencies")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -332,6 +336,7 @@ class _Group:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost = Decimal(0)
+        self.saved = Decimal(0)  # by routing, against the routes' frontier models
         self.latencies: list[float] = []
 
     def row(self, group: Any) -> dict[str, Any]:
@@ -343,6 +348,7 @@ class _Group:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": str(self.cost),
+            "saved_usd": str(self.saved),
             "latency_p50_ms": percentile(self.latencies, 0.50),
             "latency_p95_ms": percentile(self.latencies, 0.95),
         }

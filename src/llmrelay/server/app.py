@@ -222,12 +222,18 @@ class Gateway:
 
     # --- models and health ------------------------------------------------------------------
 
+    def _served(self) -> dict[str, str]:
+        """Every name a client may send as ``model`` -> its owner: the models, then the routes."""
+        served = {e.name: e.owner for e in self.relay.catalog}
+        served.update({name: "llmrelay-route" for r in self.relay.settings.routes for name in r.names})
+        return served
+
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
         self._authorize(headers)
-        entries = list(self.relay.catalog)
+        served = self._served()
         if "anthropic-version" in headers:
-            data = [_anthropic_model(e.name) for e in entries]
+            data = [_anthropic_model(name) for name in served]
             body = {
                 "data": data,
                 "has_more": False,
@@ -235,18 +241,15 @@ class Gateway:
                 "last_id": data[-1]["id"] if data else None,
             }
         else:
-            body = {"object": "list", "data": [_openai_model(e.name, e.owner) for e in entries]}
+            body = {"object": "list", "data": [_openai_model(n, owner) for n, owner in served.items()]}
         await send_json(send, 200, body)
 
     async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
         self._authorize(headers)
-        entry = self.relay.catalog.get(scope["path"][len("/v1/models/") :])
-        body = (
-            _anthropic_model(entry.name)
-            if "anthropic-version" in headers
-            else _openai_model(entry.name, entry.owner)
-        )
+        name = scope["path"][len("/v1/models/") :]
+        owner = self._served().get(name) or self.relay.catalog.get(name).owner  # (raises the 404)
+        body = _anthropic_model(name) if "anthropic-version" in headers else _openai_model(name, owner)
         await send_json(send, 200, body)
 
     async def _breakers(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -126,7 +126,7 @@ async def summary(store: CallStore, window: str, now: float | None = None) -> di
         "cache_hits": hits,
         "cache_hit_rate": _rate(hits, len(records)),
         "saved_usd": str(sum((saved_usd(r) for r in records), Decimal(0))),
-        "fallbacks": sum(1 for r in records if r.model is not None and r.model != r.requested_model),
+        "fallbacks": sum(1 for r in records if r.fell_back),
         "latency_p50_ms": percentile(latencies, 0.50) if latencies else None,
         "latency_p95_ms": percentile(latencies, 0.95) if latencies else None,
         "by_model": [_with_rate(r) for r in by_model],
@@ -232,7 +232,7 @@ def call_line(r: CallRecord) -> dict[str, Any]:
         "cost_usd": r.cost_usd,
         "latency_ms": r.latency_ms,
         "attempts": len(r.attempts),
-        "fallback": r.model is not None and r.model != r.requested_model,
+        "fallback": r.fell_back,
         "cache_hit": cache_hit(r),
     }
 
