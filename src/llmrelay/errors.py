@@ -11,6 +11,7 @@
     ├── AuthenticationError           401  authentication_error
     ├── PermissionDeniedError         403  permission_error
     ├── RateLimitError                429  rate_limit_error    (our own limits; retry_after)
+    │   └── BudgetExceeded            429  rate_limit_error    (code budget_exceeded; retry_after: the reset)
     ├── GuardrailBlocked              400  invalid_request_error (code guardrail_<guard>, e.g. guardrail_injection)
     │   └── GuardrailOutputInvalid    502  api_error           (code guardrail_json: no valid answer after the re-ask)
     └── UpstreamError                 502  api_error           (provider, status_code, body, headers)
@@ -131,6 +132,13 @@ class RateLimitError(_RetryAfter, GatewayError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class BudgetExceeded(RateLimitError):
+    """A key's or end user's spend budget would be exceeded (docs/keys.md). A 429, as OpenAI answers
+    an exhausted quota, with Retry-After at the period's reset; not 402, which no SDK handles."""
+
+    default_code = "budget_exceeded"
 
 
 class GuardrailBlocked(GatewayError):

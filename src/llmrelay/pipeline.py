@@ -21,6 +21,7 @@ from .types import ChatRequest, ChatResponse, Chunk, Usage
 
 if TYPE_CHECKING:
     from .catalog import Deployment, ModelEntry
+    from .keys.model import VirtualKey
 
 Stream = AsyncIterator[Chunk]
 Result = ChatResponse | Stream
@@ -52,6 +53,7 @@ class Call:
     api_format: ApiFormat = "library"
     headers: Mapping[str, str] = field(default_factory=dict)  # incoming, lower-cased names
     principal: str | None = None
+    key: VirtualKey | None = None  # the caller's virtual key (set by the server's auth step)
     id: str = field(default_factory=lambda: f"req_{ULID()}")
     started: float = field(default_factory=time.perf_counter)
     # Written by the executor:

@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from . import bench, costs, evals, logs, router, serve, simulate
+from . import bench, costs, evals, keys, logs, router, serve, simulate
 
 COMMANDS = {
     "serve": serve,
     "simulate": simulate,
     "logs": logs,
     "costs": costs,
+    "keys": keys,
     "router": router,
     "eval": evals,
     "bench": bench,
