@@ -32,11 +32,3 @@ def parse_since(value: str | None) -> float | None:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
         raise SystemExit(f"llmrelay: --since takes 30m, 2h, 7d or an ISO date, not {value!r}") from None
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)

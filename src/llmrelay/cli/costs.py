@@ -6,7 +6,8 @@ import argparse
 import asyncio
 from decimal import Decimal
 
-from ._store import parse_since, store_from, table
+from ..tables import table
+from ._store import parse_since, store_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ from ..config import KeyFields, Settings
 from ..errors import ConfigError
 from ..keys.service import KeyService
 from ..keys.store import KeyRecord, open_key_store
-from ._store import table
+from ..tables import table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

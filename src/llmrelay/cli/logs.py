@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import orjson
 
 from ..observability.records import CallRecord
-from ._store import parse_since, store_from, table
+from ..tables import table
+from ._store import parse_since, store_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..cli._store import table
+from ..tables import table
 from .render import why
 from .runfile import Result, RunFile
 

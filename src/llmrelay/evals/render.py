@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from ..cli._store import table
 from ..errors import ConfigError
+from ..tables import table
 from .report import ModelStats, Summary
 from .runfile import Result
 
