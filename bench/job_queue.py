@@ -54,7 +54,9 @@ async def _sql_fill(backend: str, where: str, n: int) -> None:
     await queue.open()
     try:
         for start in range(0, n, 500):
-            await queue.enqueue_many("item", [{"i": i} for i in range(start, min(n, start + 500))], tier="small")
+            await queue.enqueue_many(
+                "item", [{"i": i} for i in range(start, min(n, start + 500))], tier="small"
+            )
     finally:
         await queue.close()
 
@@ -72,7 +74,7 @@ async def _redis_fill(prefix: str, n: int) -> None:
         pipe = r.pipeline(transaction=False)
         for i in range(start, min(n, start + 500)):
             jid = f"job_{i}"
-            pipe.hset(f"{prefix}:job:{jid}", mapping={"status": "queued", "payload": '{"i": %d}' % i})
+            pipe.hset(f"{prefix}:job:{jid}", mapping={"status": "queued", "payload": f'{{"i": {i}}}'})
             pipe.xadd(stream, {"id": jid})
         await pipe.execute()
     await r.aclose()
@@ -171,7 +173,9 @@ def run(backend: str, workers: int, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql", "redis-streams"])
     args = parser.parse_args()
