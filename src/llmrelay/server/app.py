@@ -172,7 +172,14 @@ class Gateway:
             error_headers = {**error.headers(), "x-llmrelay-request-id": record.id}
             await send_json(send, error.status, dialect.error(error), encode_headers(error_headers))
             return
-        call = Call(request, api_format=dialect.name, headers=headers, principal=principal, started=started)
+        call = Call(
+            request,
+            api_format=dialect.name,
+            headers=headers,
+            principal=principal,
+            started=started,
+            gone=lambda: wait_disconnect(receive),
+        )
         try:
             result = await self.relay.handle(call)
             if isinstance(result, ChatResponse):
