@@ -17,7 +17,7 @@ def settings(cache: dict, model_cache: dict | None = None) -> Settings:
 
 def test_defaults():
     s = Settings()
-    assert s.pipeline == ("record", "limit", "guard_input", "cache", "guard_output", "execute")
+    assert s.pipeline == ("record", "limit", "budget", "guard_input", "cache", "guard_output", "execute")
     assert s.cache.backend == "memory" and s.cache.ttl_s == 3600 and s.cache.only_deterministic
     assert s.cache.enabled and not s.cache.shared and not s.cache.semantic.enabled
 

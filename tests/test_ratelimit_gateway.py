@@ -94,8 +94,20 @@ def gateway(sim: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     stop_process(server)
 
 
+_clients: list[openai.OpenAI | anthropic.Anthropic] = []  # closed after each test
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def openai_client(server: Server, **kw: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, **kw)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, **kw)
+    _clients.append(client)
+    return client
 
 
 def metric(server: Server, name: str, **labels: str) -> float:
@@ -137,6 +149,7 @@ def test_over_a_model_limit_is_a_429_with_retry_after_and_openai_headers(gateway
 
 def test_the_anthropic_route_gets_its_own_error_shape(gateway: Server) -> None:
     client = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    _clients.append(client)
     raw = client.messages.with_raw_response.create(model="rl-claude", max_tokens=50, messages=HI)
     assert raw.headers["x-ratelimit-remaining-requests"] == "0"
     with pytest.raises(anthropic.RateLimitError) as caught:

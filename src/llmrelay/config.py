@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -310,6 +311,41 @@ class ServerSettings(_Settings):
     port: int = 4000
     master_key: str | None = None  # when set, clients must send it (Bearer or x-api-key)
     max_body_bytes: int = 8 * 1024 * 1024
+    # How long a gateway trusts what it looked up about a virtual key (docs/keys.md): a revocation
+    # through another gateway or the CLI takes effect within this; through this gateway, at once.
+    key_cache_ttl_s: float = Field(default=10.0, ge=0)
+
+
+class KeyFields(_Settings):
+    """What a virtual API key is allowed (docs/keys.md): the admin API's body and a config entry's."""
+
+    owner: str = Field(min_length=1)
+    models: tuple[str, ...] = ()  # allowed client-facing models; () = all
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    budget_daily_usd: Decimal | None = Field(default=None, ge=0)
+    budget_monthly_usd: Decimal | None = Field(default=None, ge=0)
+    priority: int = 0
+    metadata: dict[str, str] = {}
+
+
+class KeyConfig(KeyFields):
+    """A virtual API key defined in the config: seeded into the key store, hashed, at start-up;
+    removing it from the config revokes it at the next start."""
+
+    id: str = Field(pattern=r"^key_[A-Za-z0-9_-]{1,64}$")
+    secret: str = Field(min_length=16)  # prefer ${ENV_VAR}: the config then holds no secret
+
+
+class BudgetSettings(_Settings):
+    """Spend budgets (docs/keys.md). Per key budgets live on the key; these apply to every end user
+    (the request's ``user``), counted within each key."""
+
+    user_daily_usd: Decimal | None = Field(default=None, ge=0)
+    user_monthly_usd: Decimal | None = Field(default=None, ge=0)
+    # The estimate checked before a call prices the prompt plus max_tokens, or this when unset.
+    default_max_tokens: int = Field(default=4096, ge=1)
+    redis_prefix: str = "llmrelay:budget"  # with redis_url set, spend is counted in Redis
 
 
 class ExecuteSettings(_Settings):
@@ -402,8 +438,18 @@ class Settings(_Settings):
     simulator: SimulatorRef = SimulatorRef()
     guardrails: GuardrailPolicy = GuardrailPolicy()  # the default of every model (docs/guardrails.md)
     limits: LimitsSettings = LimitsSettings()  # rate limits and the queue (docs/limits.md)
+    keys: tuple[KeyConfig, ...] = ()  # virtual API keys seeded at start-up (docs/keys.md)
+    budgets: BudgetSettings = BudgetSettings()
     # A guard stage with nothing to do on any model is left out of the chain (no cost at all).
-    pipeline: tuple[str, ...] = ("record", "limit", "guard_input", "cache", "guard_output", "execute")
+    pipeline: tuple[str, ...] = (
+        "record",
+        "limit",
+        "budget",
+        "guard_input",
+        "cache",
+        "guard_output",
+        "execute",
+    )
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
 
     @model_validator(mode="after")
@@ -424,12 +470,13 @@ class Settings(_Settings):
                     )
         self._check_guardrails()
         self._check_limits()
+        self._check_keys(seen)
         return self
 
     def _check_limits(self) -> None:
-        if (self.limits.user.on or any(m.limits and m.limits.on for m in self.models)) and (
-            "limit" not in self.pipeline
-        ):
+        limited = self.limits.user.on or any(m.limits and m.limits.on for m in self.models)
+        limited |= any(k.rpm is not None or k.tpm is not None for k in self.keys)
+        if limited and "limit" not in self.pipeline:
             raise ValueError("pipeline: rate limits are configured but the pipeline has no 'limit' stage")
         seen: dict[str, UpstreamLimits | None] = {}
         for m in self.models:
@@ -441,6 +488,23 @@ class Settings(_Settings):
                         "before (one provider deployment has one set of limits)"
                     )
                 seen[key] = d.limits
+
+    def _check_keys(self, models: set[str]) -> None:
+        ids, secrets = set(), set()
+        for key in self.keys:
+            if key.id in ids or key.secret in secrets:
+                raise ValueError(f"keys: {key.id!r} repeats another key's id or secret")
+            ids.add(key.id)
+            secrets.add(key.secret)
+            unknown = [m for m in key.models if m not in models] if self.models else []
+            if unknown:
+                raise ValueError(f"keys: {key.id!r} allows unknown model(s) {', '.join(unknown)}")
+            if key.secret == self.server.master_key:
+                raise ValueError(f"keys: {key.id!r} has the master key as its secret")
+        budgeted = any(k.budget_daily_usd is not None or k.budget_monthly_usd is not None for k in self.keys)
+        budgeted |= self.budgets.user_daily_usd is not None or self.budgets.user_monthly_usd is not None
+        if budgeted and "budget" not in self.pipeline:
+            raise ValueError("pipeline: budgets are configured but the pipeline has no 'budget' stage")
 
     def _check_guardrails(self) -> None:
         policies = [("guardrails", self.guardrails)] + [
@@ -595,12 +659,15 @@ def _sim_url(kind: ProviderKind, port: int) -> str:
 
 __all__ = [
     "BreakerConfig",
+    "BudgetSettings",
     "CachePolicy",
     "CacheSettings",
     "CallLogSettings",
     "DeploymentSettings",
     "ExecuteSettings",
     "GuardrailPolicy",
+    "KeyConfig",
+    "KeyFields",
     "ModelSettings",
     "Price",
     "LimitsSettings",

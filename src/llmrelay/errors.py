@@ -11,6 +11,7 @@
     ├── AuthenticationError           401  authentication_error
     ├── PermissionDeniedError         403  permission_error
     ├── RateLimitError                429  rate_limit_error    (our own limits; retry_after)
+    │   └── BudgetExceeded            429  rate_limit_error    (code budget_exceeded; retry_after: the reset)
     ├── QueueTimeout                  503  overloaded_error    (code queue_timeout: waited max_wait_s for a deployment)
     │   └── QueueFull                 503  overloaded_error    (code queue_full: max_depth already waiting)
     ├── LimiterUnavailable            503  overloaded_error    (code rate_limiter_unavailable: Redis down, fail-closed)
@@ -135,6 +136,13 @@ class RateLimitError(_RetryAfter, GatewayError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class BudgetExceeded(RateLimitError):
+    """A key's or end user's spend budget would be exceeded (docs/keys.md). A 429, as OpenAI answers
+    an exhausted quota, with Retry-After at the period's reset; not 402, which no SDK handles."""
+
+    default_code = "budget_exceeded"
 
 
 class QueueTimeout(_RetryAfter, GatewayError):

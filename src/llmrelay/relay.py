@@ -6,6 +6,7 @@ Both call the same pipeline: ``Relay.handle(call)``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -17,9 +18,11 @@ from pydantic import ValidationError
 from .cache import CacheStage
 from .catalog import Catalog
 from .config import Settings, with_simulator_port
-from .errors import ConfigError, InvalidRequestError
+from .errors import AuthenticationError, ConfigError, InvalidRequestError
 from .guardrails.input import GuardInput
 from .guardrails.output import GuardOutput
+from .keys.budget import BudgetStage
+from .keys.service import KeyService, check_model
 from .limits import LimitsRuntime, LimitStage, build_limits
 from .observability.calllog import CallLog
 from .observability.metrics import Metrics
@@ -34,12 +37,14 @@ from .types import ChatRequest, ChatResponse, Chunk
 
 log = logging.getLogger(__name__)
 
-StageFactory = Callable[["Relay"], Stage | None]  # None: nothing for it to do with this config
+# None: nothing for it to do with this config. A factory may be async (it reads a store).
+StageFactory = Callable[["Relay"], Stage | None | Awaitable[Stage | None]]
 _Closable = TypeVar("_Closable", bound=Any)  # a stage with ``async def aclose()``
 
 STAGES: dict[str, StageFactory] = {
     "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
     "limit": LimitStage.from_relay,
+    "budget": BudgetStage.from_relay,
     "guard_input": GuardInput.from_relay,
     "cache": lambda relay: relay.owned(CacheStage.from_relay(relay)),
     "guard_output": GuardOutput.from_relay,
@@ -79,6 +84,7 @@ class Relay:
         self.metrics: Metrics | None = None
         self.tracer: Any = None  # observability.tracing.Tracer when traces are configured
         self.limits: LimitsRuntime | None = None  # rate limits and queues, when any can apply
+        self.keys = KeyService(self.settings)  # virtual keys and budget spend (docs/keys.md)
         self.sinks: list[Sink] = []  # what every finished call's record is handed to
         self._start_lock = asyncio.Lock()  # the first calls may arrive together: start once
         self._closers: list[Callable[[], Awaitable[None]]] = []  # of stages holding resources
@@ -116,10 +122,11 @@ class Relay:
         self.breakers.track(d.key for entry in self.catalog for d in entry.deployments)
         await self.breakers.start()
         await self._start_calllog()
+        await self.keys.start()
         self._start_metrics()
         self._start_tracing()
         self._start_limits()
-        stages = [self._stage(name) for name in self.settings.pipeline]
+        stages = [await self._stage(name) for name in self.settings.pipeline]
         self._handler = compose([stage for stage in stages if stage is not None])
 
     async def _start_calllog(self) -> None:
@@ -170,11 +177,12 @@ class Relay:
         self._closers.append(stage.aclose)
         return stage
 
-    def _stage(self, name: str) -> Stage | None:
+    async def _stage(self, name: str) -> Stage | None:
         factory = STAGES.get(name)
         if factory is None:
             raise ConfigError(f"Unknown pipeline stage {name!r}; known stages: {', '.join(STAGES)}")
-        return factory(self)
+        stage = factory(self)
+        return await stage if inspect.isawaitable(stage) else stage
 
     async def aclose(self) -> None:
         while self._closers:
@@ -186,6 +194,7 @@ class Relay:
             await asyncio.to_thread(self.tracer.shutdown)  # flushes the last spans; it blocks
             self.tracer = None
         self.sinks.clear()
+        await self.keys.aclose()
         await self.http.close()
         await self.breakers.aclose()
         if self._simulator is not None:
@@ -206,18 +215,39 @@ class Relay:
         assert self._handler is not None
         return await self._handler(call)
 
+    async def _call(self, request: ChatRequest, api_key: str | None) -> Call:
+        """A library call, under the virtual key ``api_key`` when one is given (its models, limits
+        and budgets apply, and its records are its own)."""
+        call = Call(request)
+        if api_key is not None:
+            await self.start()
+            call.principal = api_key
+            call.key = await self.keys.resolve(api_key)
+            if call.key is None:
+                raise AuthenticationError("Incorrect API key provided: no active key has this secret.")
+            check_model(call.key, request.model)
+        return call
+
     async def complete(
-        self, request: ChatRequest | Mapping[str, Any] | None = None, **fields: Any
+        self,
+        request: ChatRequest | Mapping[str, Any] | None = None,
+        *,
+        api_key: str | None = None,
+        **fields: Any,
     ) -> ChatResponse:
-        call = Call(_request(request, fields, stream=False))
+        call = await self._call(_request(request, fields, stream=False), api_key)
         result = await self.handle(call)
         assert isinstance(result, ChatResponse)
         return result
 
     async def stream(
-        self, request: ChatRequest | Mapping[str, Any] | None = None, **fields: Any
+        self,
+        request: ChatRequest | Mapping[str, Any] | None = None,
+        *,
+        api_key: str | None = None,
+        **fields: Any,
     ) -> AsyncIterator[Chunk]:
-        call = Call(_request(request, fields, stream=True))
+        call = await self._call(_request(request, fields, stream=True), api_key)
         result = await self.handle(call)
         assert not isinstance(result, ChatResponse)
         async for chunk in result:

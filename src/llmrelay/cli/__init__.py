@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from . import costs, logs, serve, simulate
+from . import costs, keys, logs, serve, simulate
 
-COMMANDS = {"serve": serve, "simulate": simulate, "logs": logs, "costs": costs}
+COMMANDS = {"serve": serve, "simulate": simulate, "logs": logs, "costs": costs, "keys": keys}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import orjson
 
+from ..keys.schema import KEYS_MIGRATION
 from . import records
 from .records import CALL_COLUMNS, AttemptRecord, CallRecord
 
@@ -92,6 +93,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ) PARTITION BY RANGE (started_at);
         """,
     ),
+    ("0003_keys", KEYS_MIGRATION),  # virtual API keys and budget spend (keys/store.py)
 )
 
 ATTEMPT_COLUMNS = ("call_id", "started_at", *records.ATTEMPT_COLUMNS)  # partitioned by the call's day
@@ -255,14 +257,23 @@ class PostgresCallStore:
             records = await _with_attempts(conn, rows)
         return records[0] if records else None
 
-    async def totals(self, *, by: str, since: float | None = None) -> list[dict[str, Any]]:
+    async def totals(
+        self, *, by: str, since: float | None = None, api_key_id: str | None = None
+    ) -> list[dict[str, Any]]:
         """Per group: requests, errors (neither success nor cache_hit), tokens, exact cost (a string),
         latency p50/p95 (interpolated). Most expensive first; by day, oldest first."""
         try:
             group = _GROUPS[by]
         except KeyError:
             raise ValueError(f"totals(by=...) must be one of {', '.join(_GROUPS)}; got {by!r}") from None
-        where, args = ("WHERE started_at >= $1", [_timestamp(since)]) if since is not None else ("", [])
+        conditions, args = [], []
+        if since is not None:
+            args.append(_timestamp(since))
+            conditions.append(f"started_at >= ${len(args)}")
+        if api_key_id is not None:  # one key's own calls (keys/logs.py)
+            args.append(api_key_id)
+            conditions.append(f"api_key_id = ${len(args)}")
+        where = "WHERE " + " AND ".join(conditions) if conditions else ""
         # Positions, not names: "cost_usd" is also an input column.
         order = "1" if by == "day" else "6 DESC, 2 DESC, 1 NULLS LAST"
         sql = f"""

@@ -39,7 +39,7 @@ class CallRecord:
     started_at: float  # unix seconds
     ended_at: float
     api_format: str  # openai | anthropic | library
-    api_key_id: str | None  # a short hash of the key the client presented, never the key
+    api_key_id: str | None  # the virtual key's id, else a short hash of the key presented; never the key
     end_user: str | None  # the request's `user`
     requested_model: str
     model: str | None  # the model that answered (a fallback, perhaps)
@@ -75,7 +75,7 @@ class CallRecord:
             started_at=now - latency / 1000,
             ended_at=now,
             api_format=call.api_format,
-            api_key_id=key_id(call.principal),
+            api_key_id=call.key.id if call.key is not None else key_id(call.principal),
             end_user=call.request.user,
             requested_model=call.request.model,
             model=deployment.model if deployment else None,
@@ -108,7 +108,14 @@ class CallRecord:
 
     @classmethod
     def rejected(
-        cls, *, api_format: str, principal: str | None, payload: Any, error: Exception, latency_ms: float
+        cls,
+        *,
+        api_format: str,
+        principal: str | None,
+        payload: Any,
+        error: Exception,
+        latency_ms: float,
+        api_key_id: str | None = None,  # the virtual key's id, when the key was known
     ) -> CallRecord:
         """A call turned away before it became a request (bad key, body or JSON): still a call."""
         fields = payload if isinstance(payload, dict) else {}
@@ -119,7 +126,7 @@ class CallRecord:
             started_at=now - latency_ms / 1000,
             ended_at=now,
             api_format=api_format,
-            api_key_id=key_id(principal),
+            api_key_id=api_key_id or key_id(principal),
             end_user=user if isinstance(user, str) else None,
             requested_model=model if isinstance(model, str) else "",
             model=None,
@@ -210,7 +217,9 @@ class CallStore(Protocol):
 
     async def get(self, call_id: str) -> CallRecord | None: ...
 
-    async def totals(self, *, by: str, since: float | None = None) -> list[dict[str, Any]]: ...
+    async def totals(
+        self, *, by: str, since: float | None = None, api_key_id: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
     # by: model | key | user | day | status -> rows {group, requests, errors, prompt_tokens,
     #     completion_tokens, cost_usd (str), latency_p50_ms, latency_p95_ms}

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from ..keys.schema import KEYS_MIGRATION
 from .migrations import Migrations, apply_sqlite
 from .records import ATTEMPT_COLUMNS, CALL_COLUMNS, AttemptRecord, CallRecord
 
@@ -83,6 +84,7 @@ MIGRATIONS = Migrations(
             ) WITHOUT ROWID;  -- small rows always looked up by call: the key is the table
             """,
         ),
+        ("003_keys", KEYS_MIGRATION),  # virtual API keys and budget spend (keys/store.py)
     ],
 )
 
@@ -157,10 +159,12 @@ class SqliteCallStore:
     async def get(self, call_id: str) -> CallRecord | None:
         return await self._run(self._get, call_id)
 
-    async def totals(self, *, by: str, since: float | None = None) -> list[dict[str, Any]]:
+    async def totals(
+        self, *, by: str, since: float | None = None, api_key_id: str | None = None
+    ) -> list[dict[str, Any]]:
         if by not in _GROUPS:
             raise ValueError(f"totals by {by!r}: expected one of {', '.join(_GROUPS)}")
-        return await self._run(self._totals, by, since)
+        return await self._run(self._totals, by, since, api_key_id)
 
     async def prune(self, older_than: float) -> int:
         # One job per chunk: writes queued meanwhile run between the chunks.
@@ -275,10 +279,13 @@ class SqliteCallStore:
         record.attempts = [AttemptRecord(*row[1:]) for row in rows]
         return record
 
-    def _totals(self, by: str, since: float | None) -> list[dict[str, Any]]:
+    def _totals(self, by: str, since: float | None, api_key_id: str | None) -> list[dict[str, Any]]:
         # Summed in Python: SQLite's SUM over TEXT goes through REAL and loses the exact cost, and
         # the percentiles need every latency anyway. Counts and tokens ride along in the same pass.
         where, params = _filters(since)
+        if api_key_id is not None:  # one key's own calls (keys/logs.py)
+            where.append("api_key_id = ?")
+            params.append(api_key_id)
         sql = (
             f"SELECT {_GROUPS[by]}, status, prompt_tokens, completion_tokens, cost_usd, latency_ms"
             f" FROM calls{_where(where)}"

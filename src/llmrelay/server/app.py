@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,12 @@ from ..errors import (
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
+    PermissionDeniedError,
 )
+from ..keys.admin import PREFIX as KEYS_ADMIN
+from ..keys.admin import KeysAdmin
+from ..keys.model import VirtualKey
+from ..keys.service import check_model
 from ..observability.recorder import emit
 from ..observability.records import CallRecord
 from ..pipeline import Call, Stream
@@ -67,7 +71,8 @@ class Gateway:
             "/admin/breakers": ("GET", self._breakers),
             "/metrics": ("GET", self._metrics),
         }
-        self._routes.update(Dashboard(relay).routes())  # /dashboard and /dashboard/api/* (dashboard.py)
+        self._routes.update(Dashboard(relay, self._authenticate).routes())  # /dashboard, /dashboard/api/*
+        self._keys_admin = KeysAdmin(relay, self._require_keys_admin)  # /admin/keys (keys/admin.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -105,6 +110,8 @@ class Gateway:
         route = self._routes.get(path.rstrip("/") or "/")
         if route is None and path.startswith("/v1/models/"):
             route = ("GET", self._model)
+        elif route is None and (path == KEYS_ADMIN or path.startswith(KEYS_ADMIN + "/")):
+            route = (scope["method"], self._keys_admin)  # it checks methods per route itself
         try:
             if route is None:
                 raise NotFoundError(
@@ -125,18 +132,33 @@ class Gateway:
 
     # --- auth -------------------------------------------------------------------------------
 
-    def _authorize(self, headers: dict[str, str]) -> str | None:
-        """The caller's key (checked against the master key when one is configured)."""
+    async def _authenticate(self, headers: dict[str, str]) -> VirtualKey | None:
+        """The caller's key: with a master key configured, the master key (an admin key) or an
+        active virtual key, else 401; without one the gateway is open and this is None."""
+        if self._master_key is None:
+            return None
         presented = _presented_key(headers)
-        if self._master_key is not None and (
-            presented is None or not hmac.compare_digest(presented.encode(), self._master_key.encode())
-        ):
+        key = await self.relay.keys.resolve(presented)
+        if key is None:
             raise AuthenticationError(
                 "Incorrect API key provided."
                 if presented
                 else "No API key provided: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
             )
-        return presented
+        return key
+
+    async def _require_admin(self, headers: dict[str, str]) -> None:
+        """Routes for the gateway's operator: the master key (open when none is configured)."""
+        key = await self._authenticate(headers)
+        if key is not None and not key.admin:
+            raise PermissionDeniedError("This route needs the master key; a virtual API key cannot use it.")
+
+    async def _require_keys_admin(self, headers: dict[str, str]) -> None:
+        if self._master_key is None:
+            raise PermissionDeniedError(
+                "Managing keys over HTTP needs server.master_key in the config; or use `llmrelay keys`."
+            )
+        await self._require_admin(headers)
 
     # --- chat -------------------------------------------------------------------------------
 
@@ -149,9 +171,10 @@ class Gateway:
     async def _chat(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
         started = time.perf_counter()
         headers = request_headers(scope)
-        principal = payload = None
+        principal = payload = key = None
         try:
-            principal = self._authorize(headers)
+            key = await self._authenticate(headers)
+            principal = _presented_key(headers)
             body = await read_body(receive, headers, self._body_limit)
             try:
                 payload = orjson.loads(body)
@@ -160,6 +183,7 @@ class Gateway:
                     "We could not parse the JSON body of your request: it is not valid JSON."
                 ) from None
             request = dialect.parse(payload)
+            check_model(key, request.model)
         except GatewayError as error:  # turned away before the pipeline: on record all the same
             record = CallRecord.rejected(
                 api_format=dialect.name,
@@ -167,6 +191,7 @@ class Gateway:
                 payload=payload,
                 error=error,
                 latency_ms=(time.perf_counter() - started) * 1000,
+                api_key_id=key.id if key is not None else None,
             )
             emit(self.relay.sinks, record)
             error_headers = {**error.headers(), "x-llmrelay-request-id": record.id}
@@ -178,6 +203,7 @@ class Gateway:
             headers=headers,
             principal=principal,
             started=started,
+            key=key,
             gone=lambda: wait_disconnect(receive),
         )
         try:
@@ -231,8 +257,8 @@ class Gateway:
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
-        self._authorize(headers)
-        entries = list(self.relay.catalog)
+        key = await self._authenticate(headers)
+        entries = [e for e in self.relay.catalog if key is None or key.allows(e.name)]
         if "anthropic-version" in headers:
             data = [_anthropic_model(e.name) for e in entries]
             body = {
@@ -247,8 +273,10 @@ class Gateway:
 
     async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
-        self._authorize(headers)
-        entry = self.relay.catalog.get(scope["path"][len("/v1/models/") :])
+        key = await self._authenticate(headers)
+        name = scope["path"][len("/v1/models/") :]
+        check_model(key, name)
+        entry = self.relay.catalog.get(name)
         body = (
             _anthropic_model(entry.name)
             if "anthropic-version" in headers
@@ -259,12 +287,12 @@ class Gateway:
     async def _breakers(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Circuit-breaker state of every deployment that has seen traffic (shared through Redis
         when configured, so any replica answers for all)."""
-        self._authorize(request_headers(scope))
+        await self._require_admin(request_headers(scope))
         await send_json(send, 200, {"breakers": self.relay.breakers.snapshot()})
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Prometheus exposition (master key when configured: it names models and key ids)."""
-        self._authorize(request_headers(scope))
+        await self._require_admin(request_headers(scope))
         if self.relay.metrics is None:
             raise NotFoundError("Metrics are off in this gateway's config (metrics: false).")
         body, content_type = self.relay.metrics.render()

@@ -10,6 +10,7 @@ Auth, when a master key is configured: the API takes it as ``Authorization: Bear
 and an HMAC of it under the master key: not the key itself, useless elsewhere, dead after
 ``SESSION_S`` or when the key changes. No ``?key=`` parameter: a key in a URL ends up in browser
 history and proxy logs. Without a master key the dashboard is open, like the rest of the gateway.
+A virtual API key may read the JSON API too, and sees only its own calls (``keys/logs.py``).
 
 Numbers: counts, errors, tokens and cost come from ``totals()`` and are exact over the window. What
 ``totals()`` cannot give (overall latency percentiles, cache hits and savings from ``extra``, hourly
@@ -37,11 +38,15 @@ import orjson
 
 from ..asgi import Receive, Scope, Send, read_body, request_headers, send_json_bytes
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
+from ..keys.logs import KeyScopedStore
+from ..keys.model import VirtualKey
 from ..observability.records import CallRecord, CallStore
 from ..observability.sqlite_store import percentile
 
 if TYPE_CHECKING:
     from ..relay import Relay
+
+Authenticate = Callable[[dict[str, str]], Awaitable[VirtualKey | None]]
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -288,9 +293,10 @@ _LOGIN = """<!doctype html>
 class Dashboard:
     """The ``/dashboard`` routes of one gateway (see ``routes``)."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, authenticate: Authenticate | None = None) -> None:
         self.relay = relay
         self._master_key = relay.settings.server.master_key
+        self._authenticate = authenticate
         self._page: tuple[str, str] | None = None
 
     def routes(self) -> dict[str, tuple[str, Handler]]:
@@ -317,10 +323,7 @@ class Dashboard:
     def _signed_in(self, headers: dict[str, str]) -> bool:
         if self._master_key is None:
             return True
-        presented = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if presented is None and auth[:7].lower() == "bearer ":
-            presented = auth[7:].strip()
+        presented = _presented(headers)
         if presented is not None:
             return hmac.compare_digest(presented.encode(), self._master_key.encode())
         token = _cookies(headers.get("cookie", "")).get(COOKIE, "")
@@ -329,12 +332,23 @@ class Dashboard:
             return False
         return hmac.compare_digest(token.encode(), self._session(int(expires)).encode())
 
-    def _require(self, scope: Scope) -> None:
-        if not self._signed_in(request_headers(scope)):
-            raise AuthenticationError(
-                "The dashboard API needs the master key: send 'Authorization: Bearer <key>', or sign in "
-                "at /dashboard."
-            )
+    async def _require(self, scope: Scope) -> CallStore:
+        """The store the caller may read: all of it for the master key (or a signed-in browser),
+        only its own calls for a virtual key."""
+        headers = request_headers(scope)
+        if self._signed_in(headers):
+            return self._store()
+        if self._authenticate is not None and _presented(headers):
+            try:
+                key = await self._authenticate(headers)
+            except AuthenticationError:
+                key = None
+            if key is not None:
+                return KeyScopedStore(self._store(), key.id)
+        raise AuthenticationError(
+            "The dashboard API needs the master key or an API key: send 'Authorization: Bearer <key>', "
+            "or sign in at /dashboard."
+        )
 
     def _store(self) -> CallStore:
         calllog = self.relay.calllog
@@ -381,25 +395,25 @@ class Dashboard:
     # --- JSON API -----------------------------------------------------------------------------
 
     async def _summary(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._require(scope)
-        body = await summary(self._store(), _param(scope, "since", DEFAULT_WINDOW))
-        body["auth"] = "open" if self._master_key is None else "master_key"
+        store = await self._require(scope)
+        body = await summary(store, _param(scope, "since", DEFAULT_WINDOW))
+        scoped = isinstance(store, KeyScopedStore)
+        body["auth"] = "open" if self._master_key is None else "api_key" if scoped else "master_key"
         await _send_json(send, body)
 
     async def _series(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._require(scope)
-        await _send_json(send, await series(self._store(), _param(scope, "since", DEFAULT_WINDOW)))
+        store = await self._require(scope)
+        await _send_json(send, await series(store, _param(scope, "since", DEFAULT_WINDOW)))
 
     async def _top(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._require(scope)
+        store = await self._require(scope)
         window = _param(scope, "since", DEFAULT_WINDOW)
-        await _send_json(send, await top(self._store(), window, _int_param(scope, "limit", 10, 100)))
+        await _send_json(send, await top(store, window, _int_param(scope, "limit", 10, 100)))
 
     async def _recent(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The newest calls (``limit``, at most 200), optionally within a window (``since``) and of
         one ``model``, ``key`` (key id) or ``status`` ("error" matches every error)."""
-        self._require(scope)
-        store = self._store()
+        store = await self._require(scope)
         window = _param(scope, "since", "")
         records = await store.recent(
             limit=_int_param(scope, "limit", 50, 200),
@@ -412,11 +426,11 @@ class Dashboard:
 
     async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One call as recorded, with its attempts (and its bodies, if the body policy kept them)."""
-        self._require(scope)
+        store = await self._require(scope)
         call_id = _param(scope, "id", "")
         if not call_id:
             raise InvalidRequestError("Which call? Pass ?id=req_...", param="id")
-        record = await self._store().get(call_id)
+        record = await store.get(call_id)
         if record is None:
             raise NotFoundError(f"No call {call_id!r} in the call log.", code="call_not_found")
         await _send_json(send, {**record.to_dict(), "cache_hit": cache_hit(record)})
@@ -439,6 +453,14 @@ def _int_param(scope: Scope, name: str, default: int, most: int) -> int:
     except ValueError:
         raise InvalidRequestError(f"{name} must be a whole number; got {raw!r}.", param=name) from None
     return max(1, min(value, most))
+
+
+def _presented(headers: dict[str, str]) -> str | None:
+    presented = headers.get("x-api-key")
+    auth = headers.get("authorization", "")
+    if presented is None and auth[:7].lower() == "bearer ":
+        presented = auth[7:].strip()
+    return presented
 
 
 def _cookies(header: str) -> dict[str, str]:

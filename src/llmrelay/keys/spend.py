@@ -1,0 +1,286 @@
+"""Spend counters for budgets: reserve an estimate atomically against every limit, settle the
+actual cost after, persist what was spent.
+
+Money is counted in integer pico-dollars (1e-12 USD): sums are exact, and every catalog price per
+million tokens with up to six decimals is a whole number of them (a rare finer cost is rounded up).
+
+Two counter backends behind one ``Ledger``:
+
+- ``LocalCounters``: a dict, in-process (one event loop: each check-and-reserve is atomic).
+- ``RedisCounters`` when ``redis_url`` is set: one Lua script checks every limit and reserves on all
+  of them at once, so replicas sharing the Redis hold one budget together. Counters expire after
+  their period (3 days for a day, 40 for a month).
+
+Persistence: the ledger also adds each call's actual cost to ``budget_spend`` in the key store
+(batched, in the background, never on the request path). A gateway starting without Redis reads
+the current day's and month's counters from there, so a restart does not reset spend; with Redis,
+Redis holds the truth and the table seeds counters Redis has lost (``SET NX``). Spend recorded in
+the last second before a crash (the batch not yet flushed) is the bounded loss.
+
+Redis unreachable fails open (the call goes ahead, a warning is logged at most once a minute):
+a budget outage must not become a gateway outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+from typing import Any, Protocol
+
+from .store import KeyStore
+
+log = logging.getLogger(__name__)
+
+_PICO = Decimal(10) ** 12
+_DAY_TTL_MS = 3 * 86_400_000
+_MONTH_TTL_MS = 40 * 86_400_000
+_FLUSH_S = 1.0
+_WARN_EVERY_S = 60.0
+
+
+def to_pico(usd: Decimal) -> int:
+    return int((usd * _PICO).to_integral_value(ROUND_CEILING))
+
+
+def from_pico(pico: int) -> Decimal:
+    return (Decimal(pico) / _PICO).normalize() if pico else Decimal(0)
+
+
+def periods(now: datetime | None = None) -> tuple[str, str]:
+    """The UTC day and month a call started in, as counter periods."""
+    now = now or datetime.now(UTC)
+    return f"d:{now:%Y-%m-%d}", f"m:{now:%Y-%m}"
+
+
+def reset_in_s(period: str, now: datetime | None = None) -> float:
+    """Seconds until the period ends (its budget starts again)."""
+    now = now or datetime.now(UTC)
+    if period.startswith("d:"):
+        end = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    else:
+        end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    return max((end - now).total_seconds(), 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One counter a call is charged to, and its limit (None: counted, not limited)."""
+
+    scope: str  # key:<id> | user:<key id>:<user>
+    period: str  # d:YYYY-MM-DD | m:YYYY-MM
+    limit: int | None  # pico-dollars
+    label: str  # for the refusal message: "key key_x's daily budget"
+
+    @property
+    def counter(self) -> str:
+        return f"{self.scope}|{self.period}"
+
+    @property
+    def ttl_ms(self) -> int:
+        return _DAY_TTL_MS if self.period.startswith("d:") else _MONTH_TTL_MS
+
+
+class Counters(Protocol):
+    async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
+        """Add ``amount`` to every counter if none would pass its limit; else the first refusing
+        one and its spend, and add nothing."""
+        ...
+
+    async def add(self, charges: Sequence[Charge], delta: int) -> None: ...
+
+    async def get(self, counter: str) -> int: ...
+
+    async def seed(self, values: dict[str, int]) -> None: ...  # counters not yet known
+
+    async def aclose(self) -> None: ...
+
+
+def _over(spent: int, amount: int, limit: int | None) -> bool:
+    return limit is not None and (spent >= limit or spent + amount > limit)
+
+
+class LocalCounters:
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
+        values = self.values
+        for c in charges:  # no await in here: check and add are one step on the event loop
+            spent = values.get(c.counter, 0)
+            if _over(spent, amount, c.limit):
+                return c, spent
+        for c in charges:
+            values[c.counter] = values.get(c.counter, 0) + amount
+        return None
+
+    async def add(self, charges: Sequence[Charge], delta: int) -> None:
+        for c in charges:
+            self.values[c.counter] = self.values.get(c.counter, 0) + delta
+
+    async def get(self, counter: str) -> int:
+        return self.values.get(counter, 0)
+
+    async def seed(self, values: dict[str, int]) -> None:
+        for counter, value in values.items():
+            self.values.setdefault(counter, value)
+
+    async def aclose(self) -> None:
+        pass
+
+
+# KEYS: the counters. ARGV[1]: the amount; then per counter its limit (-1: none), then its TTL (ms).
+_RESERVE = """
+local amount = tonumber(ARGV[1])
+local n = #KEYS
+for i = 1, n do
+  local limit = tonumber(ARGV[1 + i])
+  if limit >= 0 then
+    local spent = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if spent >= limit or spent + amount > limit then
+      return {i, tostring(spent)}
+    end
+  end
+end
+for i = 1, n do
+  redis.call('INCRBY', KEYS[i], amount)
+  redis.call('PEXPIRE', KEYS[i], ARGV[1 + n + i])
+end
+return {0, '0'}
+"""
+
+
+class RedisCounters:
+    def __init__(self, redis_url: str, prefix: str, *, timeout_s: float = 0.5) -> None:
+        try:
+            from redis.asyncio import from_url
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:  # pragma: no cover - the redis extra
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                "Budgets with redis_url need the redis package: pip install 'llmrelay[redis]'"
+            ) from None
+        self.prefix = prefix
+        self._redis: Any = from_url(
+            redis_url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._warned = 0.0
+
+    def _key(self, counter: str) -> str:
+        return f"{self.prefix}:{counter}"
+
+    async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
+        keys = [self._key(c.counter) for c in charges]
+        args = [amount, *(-1 if c.limit is None else c.limit for c in charges), *(c.ttl_ms for c in charges)]
+        try:
+            index, spent = await self._reserve(keys=keys, args=args)
+        except Exception as exc:  # Redis down or slow: fail open
+            self._warn(exc)
+            return None
+        return None if int(index) == 0 else (charges[int(index) - 1], int(Decimal(spent)))
+
+    async def add(self, charges: Sequence[Charge], delta: int) -> None:
+        if not delta:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for c in charges:
+                    pipe.incrby(self._key(c.counter), delta)
+                    pipe.pexpire(self._key(c.counter), c.ttl_ms)
+                await pipe.execute()
+        except Exception as exc:
+            self._warn(exc)
+
+    async def get(self, counter: str) -> int:
+        try:
+            return int(await self._redis.get(self._key(counter)) or 0)
+        except Exception as exc:
+            self._warn(exc)
+            return 0
+
+    async def seed(self, values: dict[str, int]) -> None:
+        if not values:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for counter, value in values.items():
+                    ttl = _DAY_TTL_MS if "|d:" in counter else _MONTH_TTL_MS
+                    pipe.set(self._key(counter), value, nx=True, px=ttl)
+                await pipe.execute()
+        except Exception as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned > _WARN_EVERY_S:
+            self._warned = now
+            log.warning("budgets: Redis unavailable (%s); budgets are not enforced meanwhile", exc)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+class Ledger:
+    """Budgets' spend: counters to check and reserve on, and the store that remembers them."""
+
+    def __init__(self, store: KeyStore, counters: Counters) -> None:
+        self.store = store
+        self.counters = counters
+        self._pending: dict[tuple[str, str], int] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        day, month = periods()
+        known = await self.store.spend([day, month])
+        await self.counters.seed({f"{scope}|{period}": v for (scope, period), v in known.items()})
+        self._flusher = asyncio.create_task(self._flush_loop(), name="llmrelay-budget-flush")
+
+    async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
+        return await self.counters.reserve(charges, amount)
+
+    async def settle(self, charges: Sequence[Charge], reserved: int, actual: int) -> None:
+        """Replace the reservation by the actual cost, and remember the cost for the store."""
+        await self.counters.add(charges, actual - reserved)
+        if actual:
+            for c in charges:
+                self._pending[(c.scope, c.period)] = self._pending.get((c.scope, c.period), 0) + actual
+
+    async def spent(self, scope: str, period: str) -> Decimal:
+        return from_pico(await self.counters.get(f"{scope}|{period}"))
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        try:
+            await self.store.add_spend(pending)
+        except Exception as exc:  # the store is down: keep the deltas for the next round
+            for k, v in pending.items():
+                self._pending[k] = self._pending.get(k, 0) + v
+            log.warning("budgets: could not save spend (%s); retrying", exc)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_S)
+            await self.flush()
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+        await self.counters.aclose()
