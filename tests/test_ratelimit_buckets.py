@@ -42,11 +42,9 @@ def tpm(n: int, amount: float, key: str = "k:a:t") -> Limit:
 
 
 async def settle(limiter) -> None:
-    """Wait for the fire-and-forget adjustments of the Redis limiter."""
-    if isinstance(limiter, RedisLimiter) and limiter._pending:
-        import asyncio
-
-        await asyncio.wait(set(limiter._pending))
+    """Send the Redis limiter's queued reconciliations (it batches them)."""
+    if isinstance(limiter, RedisLimiter):
+        await limiter.flush()
 
 
 async def test_a_full_bucket_allows_its_burst_then_refills_one_per_period(limiter) -> None:
@@ -183,3 +181,13 @@ async def test_redis_down_fails_closed_when_configured() -> None:
         assert caught.value.status == 503 and caught.value.code == "rate_limiter_unavailable"
     finally:
         await limiter.aclose()
+
+
+async def test_reconciliations_queued_together_all_count(limiter) -> None:
+    limiter, clock = limiter
+    for _ in range(3):
+        assert (await limiter.acquire([tpm(900, 300), rpm(10)])).allowed
+    for _ in range(3):  # three calls each used 100 of their 300 (the Redis limiter sends them as one)
+        limiter.adjust([tpm(900, -200)])
+    await settle(limiter)
+    assert (await limiter.acquire([tpm(900, 600)])).levels == pytest.approx((0.0,))

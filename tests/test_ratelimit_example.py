@@ -45,9 +45,9 @@ def test_the_demo_key_gets_five_requests_a_minute(gateway: Server) -> None:
     assert 1 <= int(error.response.headers["retry-after"]) <= 12  # one request per 12 s
     assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
     # One bucket per key, whatever the route: the Anthropic format is refused too.
-    with anthropic.Anthropic(base_url=gateway.url, api_key=DEMO_KEY, max_retries=0) as claude:
-        with pytest.raises(anthropic.RateLimitError) as refused:
-            claude.messages.create(model="sim/gpt-4o-mini", max_tokens=20, messages=HI)
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=DEMO_KEY, max_retries=0)
+    with claude, pytest.raises(anthropic.RateLimitError) as refused:
+        claude.messages.create(model="sim/gpt-4o-mini", max_tokens=20, messages=HI)
     assert refused.value.body["error"]["type"] == "rate_limit_error"
     # The master key has no such limit, and its responses carry no rate-limit headers.
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=MASTER, max_retries=0) as admin:

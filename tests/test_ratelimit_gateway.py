@@ -82,6 +82,13 @@ def config(sim: Server, tmp: Path, **limits: object) -> dict:
                 "upstream": "lag-queued",
                 "upstream_limits": {"max_concurrency": 1},
             },
+            {
+                "name": "pair",
+                "deployments": [
+                    {"provider": "oa", "upstream": "lag-a", "limits": {"max_concurrency": 1}},
+                    {"provider": "oa", "upstream": "lag-b", "limits": {"max_concurrency": 1}},
+                ],
+            },
         ],
     }
 
@@ -288,6 +295,25 @@ def test_waiting_requests_are_served_highest_priority_first(gateway: Server) -> 
         thread.join(30)
     assert done == ["holder", "high-a", "high-b", "mid", "low-a", "low-b"]
     assert metric(gateway, "llmrelay_queue_depth", deployment="oa/lag-queued") == 0
+
+
+def test_a_deployment_at_its_limit_is_passed_over_for_one_with_room(gateway: Server) -> None:
+    holder = threading.Thread(
+        target=lambda: openai_client(gateway).chat.completions.create(model="pair", messages=HOLD)
+    )
+    holder.start()
+    deployments = ("oa/lag-a", "oa/lag-b")
+
+    def busy(d: str) -> float:
+        return metric(gateway, "llmrelay_deployment_in_flight", deployment=d)
+
+    _until(lambda: sum(map(busy, deployments)) == 1)
+    taken = next(d for d in deployments if busy(d) == 1)
+    free = next(d for d in deployments if d != taken)
+    openai_client(gateway).chat.completions.create(model="pair", messages=HI)
+    assert metric(gateway, "llmrelay_upstream_attempts_total", deployment=free) == 1
+    holder.join(30)
+    assert metric(gateway, "llmrelay_upstream_attempts_total", deployment=taken) == 1
 
 
 def test_a_queued_client_that_hangs_up_leaves_the_queue(gateway: Server) -> None:

@@ -128,7 +128,7 @@ class Gate:
         decision = await self.limiter.acquire(buckets)
         return decision.allowed, decision.retry_after
 
-    def _has_slot(self) -> bool:
+    def has_slot(self) -> bool:
         cap = self.limits.max_concurrency
         return cap is None or self.in_flight < cap
 
@@ -137,7 +137,7 @@ class Gate:
     async def enter(self, priority: int, tokens: int, timeout_s: float, call: Call | None = None) -> Ticket:
         """Room for one attempt: at once when there is some and nobody waits, else after waiting
         (``QueueTimeout`` past ``timeout_s``; cancelled, it leaves the queue)."""
-        if not self._heap and self._has_slot():
+        if not self._heap and self.has_slot():
             self.in_flight += 1  # held across the await: nobody else can take this slot meanwhile
             try:
                 ok, _ = await self._take(tokens)
@@ -231,7 +231,7 @@ class Gate:
 
     async def _pump(self) -> None:
         while (head := self._head()) is not None:
-            if not self._has_slot():
+            if not self.has_slot():
                 self._wake.clear()
                 await self._wake.wait()  # a release
                 continue
@@ -297,6 +297,12 @@ class Gates:
 
     def get(self, deployment_key: str) -> Gate | None:
         return self.gates.get(deployment_key)
+
+    def has_room(self, deployment_key: str) -> bool:
+        """Whether a request would go straight through (as far as this process knows: its
+        concurrency and its queue; the shared buckets are only asked when it tries)."""
+        gate = self.gates.get(deployment_key)
+        return gate is None or (gate.waiting == 0 and gate.has_slot())
 
     def views(self) -> list[QueueView]:
         return [gate.view() for gate in self.gates.values()]

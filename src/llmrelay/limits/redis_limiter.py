@@ -104,6 +104,7 @@ class RedisLimiter:
         fail_open: bool = True,
         stats: LimitStats | None = None,
         clock: Callable[[], float] | None = None,
+        flush_interval_s: float = 0.05,
     ) -> None:
         try:
             from redis.asyncio import from_url
@@ -127,13 +128,17 @@ class RedisLimiter:
         except ValueError as exc:
             raise ConfigError(f"Invalid Redis URL for rate limits: {exc}") from None
         self.prefix = prefix
+        self.timeout_s = timeout_s
         self.fail_open = fail_open
         self.stats = stats or LimitStats()
         self.clock = clock  # seconds; None: Redis's own clock
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._adjust = self._redis.register_script(_ADJUST)
         self._down = (RedisError, OSError, TimeoutError)  # what makes the store unusable, not a bug
-        self._pending: set[asyncio.Task[Any]] = set()  # adjustments in flight (kept from the GC)
+        self.flush_interval_s = flush_interval_s
+        # Reconciliations waiting to go out: bucket key -> (its limit, the amount to take).
+        self._adjustments: dict[str, tuple[Limit, float]] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self._warned_at = -math.inf
 
     def _args(self, limits: Sequence[Limit]) -> tuple[list[str], list[Any]]:
@@ -153,17 +158,30 @@ class RedisLimiter:
         return Decision(int(allowed) == 1, float(wait_ms) / 1000, tuple(map(float, levels)))
 
     def adjust(self, limits: Sequence[Limit]) -> None:
-        """Fire and forget: a reconciliation never delays the response it follows."""
-        task = asyncio.ensure_future(self._adjust_now(limits))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        """Queued, and sent within ``flush_interval_s`` together with the others: a reconciliation
+        never delays the response it follows, and under load the corrections of many calls go out
+        in one script call instead of one each (it halves the round trips per request)."""
+        for limit in limits:
+            queued = self._adjustments.get(limit.key)
+            self._adjustments[limit.key] = (limit, limit.amount + (queued[1] if queued else 0.0))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_soon())
 
-    async def _adjust_now(self, limits: Sequence[Limit]) -> None:
-        keys, args = self._args(limits)
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.flush_interval_s)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send the queued reconciliations now."""
+        if not self._adjustments:
+            return
+        batch = [Limit(key, limit.per_minute, amount) for key, (limit, amount) in self._adjustments.items()]
+        self._adjustments.clear()
+        keys, args = self._args(batch)
         try:
             await self._adjust(keys=keys, args=args)
         except self._down as exc:
-            self._warn(exc)
+            self._warn(exc)  # lost: the buckets stay as reserved, the conservative side
 
     def _unavailable(self, exc: BaseException) -> Decision:
         self._warn(exc)
@@ -188,7 +206,11 @@ class RedisLimiter:
             )
 
     async def aclose(self) -> None:
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=1.0)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._flusher
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), self.timeout_s * 2)
         with contextlib.suppress(Exception):
             await self._redis.aclose()

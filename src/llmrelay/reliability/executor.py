@@ -49,16 +49,19 @@ _USABLE_COOLING = _USABLE | {"cooldown"}
 class Balancer:
     """Picks a deployment of a model among those whose breaker is not open or cooling down."""
 
-    def __init__(self, breakers: Breakers, rng: random.Random) -> None:
+    def __init__(self, breakers: Breakers, rng: random.Random, gates: Gates | None = None) -> None:
         self.breakers = breakers
         self.rng = rng
         self.in_flight: Counter[str] = Counter()
+        self.gates = gates
 
     def pick(self, entry: ModelEntry, avoid: frozenset[str], cooling: bool = False) -> Deployment | None:
         usable = _USABLE_COOLING if cooling else _USABLE
         candidates = [
             d for d in entry.deployments if d.key not in avoid and self.breakers.state(d.key) in usable
         ]
+        if len(candidates) > 1 and self.gates is not None:  # one at its limits queues; another may not
+            candidates = [d for d in candidates if self.gates.has_room(d.key)] or candidates
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         if entry.settings.balance == "least_in_flight":
@@ -81,7 +84,7 @@ class Executor:
         self.settings = settings
         self.breakers = breakers
         self.rng = rng or random.Random()
-        self.balancer = Balancer(breakers, self.rng)
+        self.balancer = Balancer(breakers, self.rng, gates)
         self.gates = gates
 
     async def __call__(self, call: Call, next: Handler) -> Result:
