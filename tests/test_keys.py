@@ -42,9 +42,10 @@ def client(gw, key: str) -> openai.OpenAI:
 
 
 def ask(gw, key: str, model: str = "gpt-4o-mini", **kw):
-    return client(gw, key).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "hello"}], **kw
-    )
+    with client(gw, key) as c:
+        return c.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "hello"}], **kw
+        )
 
 
 # -- the admin API ---------------------------------------------------------------------------------
@@ -92,7 +93,8 @@ def test_a_key_is_refused_other_models_in_each_wire_format(gw):
         c.messages.create(model="claude-haiku", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
     assert denied_a.value.body["error"]["type"] == "permission_error"
     # /v1/models lists only what the key may use.
-    assert [m.id for m in client(gw, made["key"]).models.list()] == ["gpt-4o-mini"]
+    with client(gw, made["key"]) as c:
+        assert [m.id for m in c.models.list()] == ["gpt-4o-mini"]
 
 
 def test_admin_routes_answer_clear_errors(gw):
@@ -210,3 +212,73 @@ def _record(gw, call_id: str):
     import asyncio
 
     return asyncio.run(recorded(gw.home, call_id))
+
+
+# -- the library, the config, the example ------------------------------------------------------------
+
+
+async def test_the_library_applies_a_key_given_to_it(simulator, tmp_path):
+    from llmrelay import Relay
+    from llmrelay.errors import AuthenticationError, PermissionDeniedError
+
+    config = gateway_config(simulator.url, master_key=MASTER_KEY)
+    config["calllog"] = {"directory": str(tmp_path)}
+    config["keys"] = [
+        {"id": "key_lib", "secret": "sk-llmrelay-library-0001", "owner": "lib", "models": ["gpt-4o-mini"]}
+    ]
+    async with Relay(config) as relay:
+        hello = [{"role": "user", "content": "hello"}]
+        answer = await relay.complete(model="gpt-4o-mini", messages=hello, api_key="sk-llmrelay-library-0001")
+        assert answer.choices[0].message.content == "You said: hello"
+        with pytest.raises(PermissionDeniedError):
+            await relay.complete(model="claude-haiku", messages=hello, api_key="sk-llmrelay-library-0001")
+        with pytest.raises(AuthenticationError):
+            await relay.complete(model="gpt-4o-mini", messages=hello, api_key="sk-llmrelay-library-0002")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"keys": [{"id": "key_a", "secret": "s" * 16, "owner": "o", "models": ["nope"]}]}, "unknown model"),
+        ({"keys": [{"id": "key_a", "secret": "s" * 16, "owner": "o"}] * 2}, "repeats"),
+        ({"keys": [{"id": "bad id", "secret": "s" * 16, "owner": "o"}]}, "keys.0.id"),
+        ({"keys": [{"id": "key_a", "secret": "short", "owner": "o"}]}, "keys.0.secret"),
+        ({"budgets": {"user_daily_usd": 1}, "pipeline": ["record", "execute"]}, "no 'budget' stage"),
+    ],
+)
+def test_key_config_mistakes_are_named(extra, message):
+    from llmrelay.config import Settings
+    from llmrelay.errors import ConfigError
+
+    base = gateway_config("http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_dict({**base, **extra})
+
+
+def test_the_example_seeds_its_demo_key(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from .conftest import free_port, start_process
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "limits.yaml"
+    for name in ("LLMRELAY_MASTER_KEY", "LLMRELAY_DEMO_KEY", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)  # the example's own defaults, whatever this machine sets
+    env = {"LLMRELAY_HOME": str(tmp_path)}
+    server = start_process(
+        ["serve", "--config", str(example)], free_port(), tmp_path, ready_path="/healthz", env=env
+    )
+    try:
+        hello = [{"role": "user", "content": "hi"}]
+        with openai.OpenAI(
+            base_url=server.url + "/v1", api_key="sk-llmrelay-demo-limited", max_retries=0
+        ) as demo:
+            assert demo.chat.completions.create(model="sim/gpt-4o-mini", messages=hello).choices
+            with pytest.raises(openai.PermissionDeniedError):
+                demo.chat.completions.create(model="sim/gpt-4o", messages=hello)
+        keys = httpx.get(
+            server.url + "/admin/keys", headers={"authorization": "Bearer sk-llmrelay-demo-master"}
+        )
+        (key,) = keys.json()["data"]
+        assert key["id"] == "key_demo_limited" and key["rpm"] == 5 and key["source"] == "config"
+    finally:
+        stop_process(server)

@@ -98,6 +98,8 @@ class Counters(Protocol):
 
     async def seed(self, values: dict[str, int]) -> None: ...  # counters not yet known
 
+    def prune(self, keep: Sequence[str]) -> None: ...  # forget counters of periods not in ``keep``
+
     async def aclose(self) -> None: ...
 
 
@@ -129,6 +131,9 @@ class LocalCounters:
     async def seed(self, values: dict[str, int]) -> None:
         for counter, value in values.items():
             self.values.setdefault(counter, value)
+
+    def prune(self, keep: Sequence[str]) -> None:
+        self.values = {c: v for c, v in self.values.items() if c.rpartition("|")[2] in keep}
 
     async def aclose(self) -> None:
         pass
@@ -222,6 +227,9 @@ class RedisCounters:
         except Exception as exc:
             self._warn(exc)
 
+    def prune(self, keep: Sequence[str]) -> None:
+        pass  # Redis expires them
+
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._warned > _WARN_EVERY_S:
@@ -240,6 +248,7 @@ class Ledger:
         self.counters = counters
         self._pending: dict[tuple[str, str], int] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._periods = periods()
 
     async def start(self) -> None:
         day, month = periods()
@@ -248,6 +257,9 @@ class Ledger:
         self._flusher = asyncio.create_task(self._flush_loop(), name="llmrelay-budget-flush")
 
     async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
+        if charges and charges[0].period not in self._periods:  # a new day: forget the old ones
+            self._periods = periods()
+            self.counters.prune(self._periods)
         return await self.counters.reserve(charges, amount)
 
     async def settle(self, charges: Sequence[Charge], reserved: int, actual: int) -> None:
