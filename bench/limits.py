@@ -10,6 +10,9 @@
    them all for a few seconds, round-robin, and the requests admitted are compared with what the
    limit allows in that time (the burst plus the refill). For contrast, the same with in-process
    limits, where each process admits the whole limit by itself (what LiteLLM's local TPM checks do).
+3. One check's cost in this process: CPU and wall time per ``acquire`` (a model's rpm + tpm
+   buckets) of the in-process limiter and of the Redis one, with redis-py's hiredis parser when
+   installed (``hiredis`` is in the ``redis`` extra).
 
     .venv/bin/python bench/limits.py                 # ~2 min; needs Redis (REDIS_URL or 127.0.0.1:6379)
     .venv/bin/python bench/limits.py --skip-throughput --processes 2 4 8
@@ -177,6 +180,46 @@ def accuracy(args: argparse.Namespace, tmp: Path, procs: list[overhead.Proc], up
     print()
 
 
+async def _check_cost(limiter: object, n: int) -> tuple[float, float]:
+    from llmrelay.limits import Limit
+
+    limits = [Limit("m:bench:r", HUGE, 1), Limit("m:bench:t", HUGE, 40, "tokens")]
+    for _ in range(200):  # warm-up: connection, script cache
+        await limiter.acquire(limits)  # type: ignore[attr-defined]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        await limiter.acquire(limits)  # type: ignore[attr-defined]
+    result = (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
+    await limiter.aclose()  # type: ignore[attr-defined]
+    return result
+
+
+def check_cost(n: int) -> None:
+    from llmrelay.limits import LocalLimiter
+    from llmrelay.limits.redis_limiter import RedisLimiter
+
+    try:
+        import hiredis  # noqa: F401
+
+        parser = "hiredis"
+    except ImportError:
+        parser = "pure-Python parser (pip install hiredis)"
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    print(f"one check (2 buckets), {n} in a row on one event loop:")
+    for name, make in (
+        ("in-process", LocalLimiter),
+        (f"Redis, {parser}", lambda: RedisLimiter(REDIS_URL, prefix=f"llmrelay-bench:{uuid.uuid4().hex}")),
+    ):
+        cpu_us, wall_us = run(_check_cost(make(), n))
+        print(f"  {name:<40} {cpu_us:6.0f} us CPU {wall_us:7.0f} us wall")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--upstream", choices=["nginx", "simulator"], default=None)
@@ -189,6 +232,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--checks", type=int, default=3000, help="checks timed in part 3 (0: skip it)")
     ap.add_argument("--keep-logs", action="store_true")
     args = ap.parse_args()
     with overhead.bench_run("llmrelay-bench-limits-", args.keep_logs) as (tmp, procs):
@@ -203,6 +247,8 @@ def main() -> None:
             throughput(args, tmp, procs, upstream_url)
         if not args.skip_accuracy:
             accuracy(args, tmp, procs, upstream_url)
+    if args.checks:
+        check_cost(args.checks)
 
 
 if __name__ == "__main__":

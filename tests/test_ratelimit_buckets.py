@@ -191,3 +191,14 @@ async def test_reconciliations_queued_together_all_count(limiter) -> None:
         limiter.adjust([tpm(900, -200)])
     await settle(limiter)
     assert (await limiter.acquire([tpm(900, 600)])).levels == pytest.approx((0.0,))
+
+
+async def test_concurrent_checks_of_one_bucket_admit_exactly_its_level(limiter) -> None:
+    import asyncio
+
+    limiter, clock = limiter
+    decisions = await asyncio.gather(*(limiter.acquire([rpm(10), tpm(10_000, 100)]) for _ in range(25)))
+    assert sum(d.allowed for d in decisions) == 10
+    admitted = sorted(d.levels[0] for d in decisions if d.allowed)
+    assert admitted == pytest.approx([float(n) for n in range(10)])  # each took its own one
+    assert all(d.retry_after == pytest.approx(6.0) for d in decisions if not d.allowed)

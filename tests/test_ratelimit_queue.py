@@ -210,3 +210,28 @@ def test_priority_comes_from_the_key_or_the_header_up_to_the_key() -> None:
     with pytest.raises(InvalidRequestError) as caught:
         priority_of(call_with({header: "high"}), header)
     assert caught.value.param == header and caught.value.status == 400
+
+
+async def test_a_waiter_gets_the_limiters_error_when_the_shared_buckets_are_down() -> None:
+    pytest.importorskip("redis")
+    from llmrelay.errors import LimiterUnavailable
+    from llmrelay.limits.redis_limiter import RedisLimiter
+
+    from .conftest import free_port
+
+    limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", fail_open=False, timeout_s=0.2)
+    g = Gate("up/model", UpstreamLimits(rpm=10, max_concurrency=1), limiter, QueueSettings(), LimitStats())
+    try:
+        with pytest.raises(LimiterUnavailable):  # straight through: refused at once
+            await g.enter(0, 0, 5)
+        assert g.in_flight == 0
+        g.in_flight = 1  # as if an attempt were in flight (its check predates the outage)
+        waiting = asyncio.create_task(g.enter(0, 0, 5))
+        await until(lambda: g.waiting == 1)
+        g.release(0, None)
+        with pytest.raises(LimiterUnavailable):  # refused from the queue, not left to time out
+            await waiting
+        assert g.waiting == 0 and g.in_flight == 0
+    finally:
+        await g.aclose()
+        await limiter.aclose()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ..catalog import Deployment
 from ..config import QueueSettings, UpstreamLimits
-from ..errors import ClientDisconnected, InvalidRequestError, QueueFull, QueueTimeout
+from ..errors import ClientDisconnected, GatewayError, InvalidRequestError, QueueFull, QueueTimeout
 from ..pipeline import Call
 from ..types import Usage
 from .buckets import Limit, Limiter, reserved_tokens, too_large_error
@@ -137,7 +137,7 @@ class Gate:
     async def enter(self, priority: int, tokens: int, timeout_s: float, call: Call | None = None) -> Ticket:
         """Room for one attempt: at once when there is some and nobody waits, else after waiting
         (``QueueTimeout`` past ``timeout_s``; cancelled, it leaves the queue)."""
-        if not self._heap and self.has_slot():
+        if self.waiting == 0 and self.has_slot():
             self.in_flight += 1  # held across the await: nobody else can take this slot meanwhile
             try:
                 ok, _ = await self._take(tokens)
@@ -183,6 +183,7 @@ class Gate:
             with contextlib.suppress(BaseException):
                 await watcher
         if waiter.granted in done:
+            waiter.granted.result()  # raises what the pump failed it with, if anything
             return
         if watcher in done:
             raise ClientDisconnected("The client disconnected while its request waited for a deployment.")
@@ -198,7 +199,8 @@ class Gate:
 
     def _leave(self, waiter: _Waiter) -> None:
         """The waiter gave up; if room was granted to it meanwhile, hand that room back."""
-        if waiter.granted.done() and not waiter.granted.cancelled():
+        granted = waiter.granted
+        if granted.done() and not granted.cancelled() and granted.exception() is None:
             self.release(waiter.tokens, None)
         elif not waiter.out:
             waiter.out = True
@@ -238,6 +240,13 @@ class Gate:
             self.in_flight += 1
             try:
                 ok, retry_after = await self._take(head.tokens)
+            except GatewayError as error:  # the shared buckets cannot be asked (fail-closed): say so
+                self.in_flight -= 1
+                if not head.out:
+                    head.out = True
+                    self.waiting -= 1
+                    head.granted.set_exception(error)
+                continue
             except BaseException:
                 self.in_flight -= 1
                 raise
