@@ -68,6 +68,7 @@ def config(sim: Server, tmp: Path, **limits: object) -> dict:
             {"name": "rl", "provider": "oa", "upstream": "gpt-4o-mini", "limits": {"rpm": 3}},
             {"name": "rl-claude", "provider": "an", "upstream": "claude-haiku-4-5", "limits": {"rpm": 1}},
             {"name": "tpm", "provider": "oa", "upstream": "gpt-4o-mini", "limits": {"tpm": 2000}},
+            {"name": "tpm-stream", "provider": "oa", "upstream": "gpt-4o-mini", "limits": {"tpm": 2000}},
             {
                 "name": "tpm-slow",
                 "provider": "oa",
@@ -181,6 +182,18 @@ def test_tokens_per_minute_reserve_max_tokens_then_count_the_usage(gateway: Serv
         client.chat.completions.create(model="tpm", messages=HI, max_tokens=5000)
     assert caught.value.code == "request_too_large"
     assert "retry-after" not in caught.value.response.headers
+
+
+def test_a_streamed_calls_tokens_are_reconciled_from_its_final_usage(gateway: Server) -> None:
+    client = openai_client(gateway)
+    for stream_options in ({"include_usage": True}, None):  # the gateway reads usage either way
+        chunks = client.chat.completions.create(
+            model="tpm-stream", messages=HI, max_tokens=1500, stream=True, stream_options=stream_options
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    raw = client.chat.completions.with_raw_response.create(model="tpm-stream", messages=HI, max_tokens=10)
+    # Without the reconciliation two reservations of ~1,508 could not even have fitted in 2,000.
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) > 2000 - 3 * 40
 
 
 def test_tokens_reserved_by_a_call_in_flight_are_not_available_to_others(gateway: Server) -> None:
