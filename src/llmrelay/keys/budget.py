@@ -16,7 +16,7 @@ budgeted key in the store at start-up.
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from ..catalog import Catalog
 from ..config import BudgetSettings
 from ..errors import BudgetExceeded, GatewayError
+from ..guardrails.limits import _token_upper_bound as token_upper_bound
 from ..pipeline import Call, Handler, Result, Stream
 from ..tokens import count_messages
 from ..types import ChatResponse, Usage
@@ -31,8 +32,10 @@ from .spend import Charge, Ledger, from_pico, periods, reset_in_s, to_pico
 
 if TYPE_CHECKING:
     from ..relay import Relay
+    from .model import VirtualKey
 
 _NAMES = {"d": "daily", "m": "monthly"}
+_KNOWN_MAX = 10_000
 
 
 class BudgetStage:
@@ -42,6 +45,10 @@ class BudgetStage:
         self.settings = settings
         self._user_limits = (settings.user_daily_usd, settings.user_monthly_usd)
         self._users = any(v is not None for v in self._user_limits)
+        self._periods = periods()
+        self._day_ends = 0.0
+        # The charges of a (key, user) today: made once, not per call.
+        self._known: dict[tuple[object, str | None], list[Charge]] = {}
 
     @classmethod
     async def from_relay(cls, relay: Relay) -> BudgetStage | None:
@@ -61,10 +68,16 @@ class BudgetStage:
         charges = self._charges(call)
         if not charges:
             return await next(call)
-        estimate = to_pico(self._estimate(call))
+        # First with a bound on the prompt's tokens (its UTF-8 bytes: no tokenizer, which costs more
+        # than the rest of the stage); only a call that does not fit is counted exactly and tried
+        # again, so a refusal is always on the exact estimate.
+        estimate = to_pico(self._estimate(call, exact=False))
         refused = await self.ledger.reserve(charges, estimate)
         if refused is not None:
-            raise self._refusal(*refused, estimate)
+            estimate = to_pico(self._estimate(call, exact=True))
+            refused = await self.ledger.reserve(charges, estimate)
+            if refused is not None:
+                raise self._refusal(*refused, estimate)
         try:
             result = await next(call)
         except GatewayError as error:
@@ -80,7 +93,24 @@ class BudgetStage:
 
     def _charges(self, call: Call) -> list[Charge]:
         key = call.key
-        day, month = periods()
+        user = call.request.user
+        if (key is None or key.admin) and not (self._users and user):
+            return []  # nothing to charge: skip the clock and the rest
+        now = time.time()
+        if now >= self._day_ends:  # the UTC day's periods, formatted once a day
+            self._periods = periods()
+            self._day_ends = now + reset_in_s(self._periods[0])
+            self._known.clear()
+        known = (key.id, key.budget_daily_usd, key.budget_monthly_usd) if key is not None else None, user
+        charges = self._known.get(known)
+        if charges is None:
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.clear()
+            charges = self._known[known] = self._new_charges(key, user)
+        return charges
+
+    def _new_charges(self, key: VirtualKey | None, user: str | None) -> list[Charge]:
+        day, month = self._periods
         charges: list[Charge] = []
         if key is not None and not key.admin:
             limits = (key.budget_daily_usd, key.budget_monthly_usd)
@@ -88,7 +118,6 @@ class BudgetStage:
             for period, limit in zip((day, month), limits, strict=True):
                 label = f"the {_NAMES[period[0]]} budget of key {key.id}"
                 charges.append(Charge(f"key:{key.id}", period, _limit(limit), label))
-        user = call.request.user
         if self._users and user:
             scope = f"user:{key.id if key is not None else '-'}:{user}"
             for period, limit in zip((day, month), self._user_limits, strict=True):
@@ -97,12 +126,13 @@ class BudgetStage:
                     charges.append(Charge(scope, period, _limit(limit), label))
         return charges
 
-    def _estimate(self, call: Call) -> Decimal:
-        """The most this call can cost: prompt + output cap, at the dearest model it may end on."""
+    def _estimate(self, call: Call, *, exact: bool) -> Decimal:
+        """The most this call can cost: prompt + output cap, at the dearest model it may end on.
+        ``exact``: the prompt counted by the tokenizer; else a bound no tokenizer exceeds."""
         request = call.request
         output = request.output_limit or self.settings.default_max_tokens
         worst = Decimal(0)
-        prompt: int | None = None
+        prompt: int | None = None if exact else token_upper_bound(request.messages)
         for entry in self.catalog.chain(request.model):
             for deployment in entry.deployments:
                 if prompt is None:  # counted once, with the first upstream's tokenizer
@@ -127,8 +157,7 @@ class BudgetStage:
         cost = Decimal(0)
         if usage is not None and call.deployment is not None and call.status != "cache_hit":
             cost = self.catalog.cost(call.deployment, usage) or Decimal(0)
-        # Shielded: a call cancelled (the client left) must still give its reservation back.
-        await asyncio.shield(self.ledger.settle(charges, estimate, to_pico(cost)))
+        await self.ledger.settle(charges, estimate, to_pico(cost))
 
     async def _settled(self, call: Call, chunks: Stream, charges: Sequence[Charge], estimate: int) -> Stream:
         usage: Usage | None = None

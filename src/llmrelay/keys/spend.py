@@ -160,6 +160,16 @@ return {0, '0'}
 """
 
 
+# KEYS: the counters. ARGV[1]: the delta; then per counter its TTL (ms).
+_ADD = """
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[1 + i])
+end
+return 0
+"""
+
+
 class RedisCounters:
     def __init__(self, redis_url: str, prefix: str, *, timeout_s: float = 0.5) -> None:
         try:
@@ -181,6 +191,7 @@ class RedisCounters:
             retry=Retry(NoBackoff(), 0),
         )
         self._reserve = self._redis.register_script(_RESERVE)
+        self._add = self._redis.register_script(_ADD)
         self._warned = 0.0
 
     def _key(self, counter: str) -> str:
@@ -200,11 +211,9 @@ class RedisCounters:
         if not delta:
             return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for c in charges:
-                    pipe.incrby(self._key(c.counter), delta)
-                    pipe.pexpire(self._key(c.counter), c.ttl_ms)
-                await pipe.execute()
+            await self._add(
+                keys=[self._key(c.counter) for c in charges], args=[delta, *(c.ttl_ms for c in charges)]
+            )
         except Exception as exc:
             self._warn(exc)
 
