@@ -73,12 +73,37 @@ class PromptCachingSettings(_Settings):
         return default.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
 
 
+class RateLimits(_Settings):
+    """Requests and tokens per minute, as token buckets (docs/limits.md): a full minute's worth may
+    come at once, then it refills continuously. Over one: 429 with Retry-After."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)  # prompt + output tokens (max_tokens reserved first)
+
+    @property
+    def on(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+class UpstreamLimits(RateLimits):
+    """A deployment's own limits at its provider. Requests over them wait in a priority queue
+    (``limits.queue``) instead of failing; rpm/tpm hold across replicas (Redis), the concurrency
+    cap is per gateway process."""
+
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+    @property
+    def on(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.max_concurrency is not None
+
+
 class DeploymentSettings(_Settings):
     """One place a model is served: a provider (endpoint) and that provider's model id."""
 
     provider: str  # a key of Settings.providers
     upstream: str | None = None  # defaults to the model's upstream id
     weight: float = Field(default=1.0, gt=0)  # share of traffic under the "weighted" balance
+    limits: UpstreamLimits | None = None  # the provider's rpm/tpm/max_concurrency for this deployment
 
 
 class SemanticCacheSettings(_Settings):
@@ -256,11 +281,15 @@ class ModelSettings(_Settings):
     prompt_caching: PromptCachingSettings | None = None  # fields left unset come from the global one
     cache: CachePolicy | None = None  # overrides of the global `cache:` policy for this model
     guardrails: GuardrailPolicy | None = None  # overrides of the global `guardrails:` policy
+    limits: RateLimits | None = None  # this model's rpm/tpm, all callers together (429 over it)
+    upstream_limits: UpstreamLimits | None = None  # the provider's, for a `provider:` model
 
     @model_validator(mode="after")
     def _one_way_to_name_deployments(self) -> ModelSettings:
         if (self.provider is None) == (not self.deployments):
             raise ValueError(f"model {self.name!r} needs either `provider` or `deployments` (not both)")
+        if self.deployments and self.upstream_limits is not None:
+            raise ValueError(f"model {self.name!r}: with `deployments`, set `limits` on each deployment")
         return self
 
     @property
@@ -271,7 +300,11 @@ class ModelSettings(_Settings):
         if self.deployments:
             return self.deployments
         assert self.provider is not None
-        return (DeploymentSettings(provider=self.provider, upstream=self.upstream_id),)
+        return (
+            DeploymentSettings(
+                provider=self.provider, upstream=self.upstream_id, limits=self.upstream_limits
+            ),
+        )
 
 
 class ServerSettings(_Settings):
@@ -362,6 +395,28 @@ class TracesSettings(_Settings):
     service_name: str = "llmrelay"
 
 
+class QueueSettings(_Settings):
+    """The wait for a deployment at its limits: highest priority first, with ageing."""
+
+    max_wait_s: float = Field(default=30.0, gt=0)  # then 503 queue_timeout
+    aging_s: float = Field(default=10.0, gt=0)  # a waiting request gains one priority level per aging_s
+    max_depth: int = Field(default=10_000, ge=1)  # per deployment; beyond it, 503 queue_full at once
+    priority_header: str = "x-llmrelay-priority"  # an int; a virtual key's priority is its ceiling
+
+
+class LimitsSettings(_Settings):
+    """Rate limits (docs/limits.md). A key's own rpm/tpm live on the key; a model's and its
+    deployments' under ``models``; the default for each end user (the request's ``user``) here."""
+
+    user: RateLimits = RateLimits()  # each end user, within each API key
+    default_max_tokens: int = Field(default=4096, ge=1)  # output reserved when max_tokens is unset
+    redis_url: str | None = None  # default: the top-level redis_url; unset: in-process buckets
+    on_redis_error: Literal["allow", "deny"] = "allow"  # allow: fail open (logged, counted)
+    redis_timeout_s: float = Field(default=0.25, gt=0)
+    redis_prefix: str = "llmrelay:rl"
+    queue: QueueSettings = QueueSettings()
+
+
 class SimulatorRef(_Settings):
     """The embedded simulator the gateway starts for ``simulated`` providers."""
 
@@ -384,12 +439,14 @@ class Settings(_Settings):
     simulator: SimulatorRef = SimulatorRef()
     guardrails: GuardrailPolicy = GuardrailPolicy()  # the default of every model (docs/guardrails.md)
     routes: list[RouteSettings] = []  # model aliases resolved per request (docs/routing.md)
+    limits: LimitsSettings = LimitsSettings()  # rate limits and the queue (docs/limits.md)
     keys: tuple[KeyConfig, ...] = ()  # virtual API keys seeded at start-up (docs/keys.md)
     budgets: BudgetSettings = BudgetSettings()
     # A stage with nothing to do on any model is left out of the chain (no cost at all).
     pipeline: tuple[str, ...] = (
         "record",
         "route",
+        "limit",
         "budget",
         "guard_input",
         "cache",
@@ -416,8 +473,25 @@ class Settings(_Settings):
                     )
         self._check_guardrails()
         check_routes(self.routes, [m.name for m in self.models], self.pipeline)
+        self._check_limits()
         self._check_keys(seen)
         return self
+
+    def _check_limits(self) -> None:
+        limited = self.limits.user.on or any(m.limits and m.limits.on for m in self.models)
+        limited |= any(k.rpm is not None or k.tpm is not None for k in self.keys)
+        if limited and "limit" not in self.pipeline:
+            raise ValueError("pipeline: rate limits are configured but the pipeline has no 'limit' stage")
+        seen: dict[str, UpstreamLimits | None] = {}
+        for m in self.models:
+            for d in m.deployment_list():
+                key = f"{d.provider}/{d.upstream or m.upstream_id}"
+                if key in seen and seen[key] != d.limits:
+                    raise ValueError(
+                        f"model {m.name!r}: deployment {key} has other limits than where it appears "
+                        "before (one provider deployment has one set of limits)"
+                    )
+                seen[key] = d.limits
 
     def _check_keys(self, models: set[str]) -> None:
         ids, secrets = set(), set()
@@ -600,12 +674,16 @@ __all__ = [
     "KeyFields",
     "ModelSettings",
     "Price",
+    "LimitsSettings",
     "PromptCachingSettings",
     "ProviderSettings",
+    "QueueSettings",
+    "RateLimits",
     "SemanticCacheSettings",
     "ServerSettings",
     "Settings",
     "SimulatorRef",
+    "UpstreamLimits",
     "interpolate",
     "with_simulator_port",
 ]

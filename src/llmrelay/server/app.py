@@ -197,8 +197,15 @@ class Gateway:
             error_headers = {**error.headers(), "x-llmrelay-request-id": record.id}
             await send_json(send, error.status, dialect.error(error), encode_headers(error_headers))
             return
-        call = Call(request, api_format=dialect.name, headers=headers, principal=principal, started=started)
-        call.key = key
+        call = Call(
+            request,
+            api_format=dialect.name,
+            headers=headers,
+            principal=principal,
+            started=started,
+            key=key,
+            gone=lambda: wait_disconnect(receive),
+        )
         try:
             result = await self.relay.handle(call)
             if isinstance(result, ChatResponse):
