@@ -123,7 +123,9 @@ class CacheStage:
             _mark(call, "bypass")
             return await next(call)
         semantic = self.semantic is not None and policy.semantic.enabled
-        space = f"{namespace(call.principal, policy.shared)}|{self.upstreams[call.request.model]}"
+        # A virtual key's entries follow its id, so rotating its secret keeps its cache.
+        owner = call.key.id if call.key is not None else call.principal
+        space = f"{namespace(owner, policy.shared)}|{self.upstreams[call.request.model]}"
         keys = Keys.of(call.request, space, semantic=semantic)
         if control.no_cache:
             _mark(call, "refresh")
