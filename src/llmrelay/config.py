@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .routing.settings import RouteSettings, check_routes
@@ -224,7 +233,8 @@ class GuardrailPolicy(_Settings):
 
     The global policy lives under ``guardrails:``; a model (the client-facing name: a route) sets
     any field under ``models.<name>.guardrails``, and the rest comes from the global one. An API
-    key's policy (issue #9) is one more override on top: ``policy.merged(model).merged(key)``.
+    key's policy (inline, or a name under ``guardrail_policies:``) can only tighten its route's:
+    ``guardrails.policy.tightened(global.merged(model), key)``.
     """
 
     limits: InputLimitsGuard = InputLimitsGuard()
@@ -317,6 +327,24 @@ class ServerSettings(_Settings):
     key_cache_ttl_s: float = Field(default=10.0, ge=0)
 
 
+POLICY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _policy_tag(value: Any) -> str:
+    # Tags show in error paths: the config's "keys.0.guardrails.inline-policy.injection.mode"; the
+    # admin API's error drops them ("guardrails.injection.mode"), as it does union branches.
+    return "policy-name" if isinstance(value, str) else "inline-policy"
+
+
+# A key's guardrail policy: the name of one under ``guardrail_policies:``, or inline overrides of
+# the ``guardrails:`` fields; either only tightens its route's policy (guardrails/policy.py).
+KeyGuardrails = Annotated[
+    Annotated[str, Tag("policy-name"), Field(pattern=POLICY_NAME)]
+    | Annotated[GuardrailPolicy, Tag("inline-policy")],
+    Discriminator(_policy_tag),
+]
+
+
 class KeyFields(_Settings):
     """What a virtual API key is allowed (docs/keys.md): the admin API's body and a config entry's."""
 
@@ -328,6 +356,7 @@ class KeyFields(_Settings):
     budget_monthly_usd: Decimal | None = Field(default=None, ge=0)
     priority: int = 0
     metadata: dict[str, str] = {}
+    guardrails: KeyGuardrails | None = None  # a policy name or inline overrides; only tightens
 
 
 class KeyConfig(KeyFields):
@@ -438,6 +467,8 @@ class Settings(_Settings):
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
     guardrails: GuardrailPolicy = GuardrailPolicy()  # the default of every model (docs/guardrails.md)
+    # Named policies API keys refer to (keys[].guardrails: strict); each only tightens a route's.
+    guardrail_policies: dict[Annotated[str, Field(pattern=POLICY_NAME)], GuardrailPolicy] = {}
     routes: list[RouteSettings] = []  # model aliases resolved per request (docs/routing.md)
     limits: LimitsSettings = LimitsSettings()  # rate limits and the queue (docs/limits.md)
     keys: tuple[KeyConfig, ...] = ()  # virtual API keys seeded at start-up (docs/keys.md)
@@ -510,21 +541,41 @@ class Settings(_Settings):
         if budgeted and "budget" not in self.pipeline:
             raise ValueError("pipeline: budgets are configured but the pipeline has no 'budget' stage")
 
+    def moderation_problem(self, policy: GuardrailPolicy) -> str | None:
+        """Why ``policy``'s moderation provider cannot moderate here, or None."""
+        name = policy.moderation.provider
+        if name is not None and (policy.moderation.input != "off" or policy.moderation.output != "off"):
+            provider = self.providers.get(name)
+            if provider is None or provider.kind != "openai":
+                return (
+                    f"{name!r} is not an OpenAI-kind provider here (only OpenAI's API has a moderation "
+                    "endpoint); leave it unset for the local rules"
+                )
+        return None
+
     def _check_guardrails(self) -> None:
+        from .guardrails.policy import problem  # it imports this module
+
         policies = [("guardrails", self.guardrails)] + [
             (f"models.{m.name}.guardrails", self.guardrails.merged(m.guardrails))
             for m in self.models
             if m.guardrails is not None
         ]
         for where, policy in policies:
-            name = policy.moderation.provider
-            if name is not None and (policy.moderation.input != "off" or policy.moderation.output != "off"):
-                provider = self.providers.get(name)
-                if provider is None or provider.kind != "openai":
-                    raise ValueError(
-                        f"{where}.moderation.provider: {name!r} is not an OpenAI-kind provider here "
-                        "(only OpenAI's API has a moderation endpoint); leave it unset for the local rules"
-                    )
+            found = self.moderation_problem(policy)
+            if found is not None:
+                raise ValueError(f"{where}.moderation.provider: {found}")
+        # API keys' policies: the named ones and the config keys' (their names exist, providers
+        # moderate, schemas are schemas, the pipeline has their stages).
+        keyed = [(f"guardrail_policies.{n}", p) for n, p in self.guardrail_policies.items()]
+        keyed += [
+            (f"keys.{i}.guardrails", k.guardrails)
+            for i, k in enumerate(self.keys)
+            if k.guardrails is not None
+        ]
+        for where, key_policy in keyed:
+            if (found := problem(self, key_policy)) is not None:
+                raise ValueError(f"{where}: {found}")
         stages = self.pipeline
         for stage, needed in (
             ("guard_input", any(p.input_on for _, p in policies)),
