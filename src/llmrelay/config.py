@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .batch.settings import BatchSettings
 from .errors import ConfigError
 from .routing.settings import RouteSettings, check_routes
 
@@ -397,6 +398,7 @@ class Settings(_Settings):
         "execute",
     )
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
+    batch: BatchSettings = BatchSettings()  # the files and batches API (docs/batch.md)
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
