@@ -250,8 +250,11 @@ class SqlJobQueue:
         """A write that returns rows (``UPDATE ... RETURNING``)."""
         return await self._fetch(sql, args)
 
-    async def _transaction(self, steps: list[tuple[str, Sequence[Any]]]) -> list[int]:
-        """Run statements in one transaction; the rows each changed."""
+    async def _transaction(
+        self, steps: list[tuple[str, Sequence[Any]]], *, guarded: bool = False
+    ) -> list[int]:
+        """Run statements in one transaction; the rows each changed. ``guarded``: when the first
+        changes nothing, the transaction stops there and is rolled back."""
         raise NotImplementedError
 
     # -- submitting --------------------------------------------------------------------------------
@@ -396,9 +399,9 @@ class SqlJobQueue:
         ]
         if follow_up is not None:
             steps.append((_INSERT, _row(follow_up, None)))
-        changed = await self._transaction(steps)
+        changed = await self._transaction(steps, guarded=True)
         if not changed[0]:
-            return False  # (the follow-up's insert was rolled back with it)
+            return False  # (the follow-up was not stored)
         job.status, job.result, job.error, job.finished, job.lease = status, result, error, now, None
         return True
 
@@ -523,11 +526,15 @@ class SqliteJobQueue(SqlJobQueue):
     async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return await self._run(lambda: self._in_transaction(lambda db: db.execute(sql, tuple(args)).rowcount))
 
-    async def _transaction(self, steps: list[tuple[str, Sequence[Any]]]) -> list[int]:
+    async def _transaction(
+        self, steps: list[tuple[str, Sequence[Any]]], *, guarded: bool = False
+    ) -> list[int]:
         def run(db: sqlite3.Connection) -> list[int]:
-            counts = [db.execute(sql, tuple(args)).rowcount for sql, args in steps]
-            if counts and counts[0] == 0 and len(steps) > 1 and steps[0][0].startswith("UPDATE"):
-                raise _Rollback(counts)
+            counts = []
+            for sql, args in steps:
+                counts.append(db.execute(sql, tuple(args)).rowcount)
+                if guarded and counts[0] == 0:
+                    raise _Rollback(counts)
             return counts
 
         try:
@@ -627,7 +634,9 @@ class PostgresJobQueue(SqlJobQueue):
     async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return _count(await self.pool.execute(_numbered(sql), *args))
 
-    async def _transaction(self, steps: list[tuple[str, Sequence[Any]]]) -> list[int]:
+    async def _transaction(
+        self, steps: list[tuple[str, Sequence[Any]]], *, guarded: bool = False
+    ) -> list[int]:
         async with self.pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
@@ -635,7 +644,7 @@ class PostgresJobQueue(SqlJobQueue):
                 counts = []
                 for sql, args in steps:
                     counts.append(_count(await conn.execute(_numbered(sql), *args)))
-                    if counts[0] == 0 and len(steps) > 1 and steps[0][0].startswith("UPDATE"):
+                    if guarded and counts[0] == 0:
                         await tx.rollback()
                         return counts
                 await tx.commit()
