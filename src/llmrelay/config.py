@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from .batch.settings import BatchSettings
 from .errors import ConfigError
 from .routing.settings import RouteSettings, check_routes
 
@@ -416,6 +417,43 @@ class CallLogSettings(_Settings):
     flush_interval_s: float = Field(default=0.2, gt=0)
 
 
+WebhookAllow = Literal["loopback", "private", "link_local"]
+
+
+class WebhookSettings(_Settings):
+    """Webhook deliveries of async jobs (docs/jobs.md)."""
+
+    # The signing root: each key's secret is derived from it (GET /v1/webhooks/secret shows a key
+    # its own); with keys off it signs as it is. None: generated once into the call-log directory
+    # (set it, e.g. ${LLMRELAY_WEBHOOK_SECRET}, when replicas on several machines deliver).
+    secret: str | None = Field(default=None, min_length=16)
+    # Address ranges a target may resolve into, refused by default (tests allow loopback).
+    allow: tuple[WebhookAllow, ...] = ()
+    timeout_s: float = Field(default=10.0, gt=0)  # one delivery attempt
+    max_elapsed_s: float = Field(default=3600.0, gt=0)  # retry for this long, then failed (kept)
+    backoff_base_s: float = Field(default=1.0, gt=0)  # wait U(0.5, 1) * min(max, base * 2^n)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    concurrency: int = Field(default=8, ge=1)  # deliveries at once per worker process
+
+
+class JobsSettings(_Settings):
+    """The durable job queue and its workers (docs/jobs.md)."""
+
+    queue: str = "sqlite:///jobs.db"  # under calllog.directory; or postgresql://... for several machines
+    in_gateway: bool = True  # worker pools run inside `llmrelay serve`; off: `llmrelay worker` only
+    workers: dict[Tier, int] = {"small": 8, "mid": 4, "frontier": 2, "open": 2}  # concurrency per tier
+    lease_s: float = Field(default=30.0, gt=0)  # a worker silent this long has died: its job runs again
+    # The longest an idle pool waits between polls (a job enqueued by this process wakes it at once).
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)  # claims of a job (upstream 429/5xx, dead workers)
+    retry_base_s: float = Field(
+        default=2.0, ge=0
+    )  # a job retried after an upstream 429/5xx waits this, doubled
+    priority: int = -1  # the x-llmrelay-priority a job's call carries: below interactive traffic
+    retention_days: float | None = Field(default=30, gt=0)  # finished jobs are then deleted
+    webhooks: WebhookSettings = WebhookSettings()
+
+
 class TracesSettings(_Settings):
     """OpenTelemetry spans (GenAI conventions), sent by OTLP/HTTP (pip install 'llmrelay[otel]')."""
 
@@ -473,6 +511,7 @@ class Settings(_Settings):
     limits: LimitsSettings = LimitsSettings()  # rate limits and the queue (docs/limits.md)
     keys: tuple[KeyConfig, ...] = ()  # virtual API keys seeded at start-up (docs/keys.md)
     budgets: BudgetSettings = BudgetSettings()
+    jobs: JobsSettings = JobsSettings()  # async jobs, webhooks and workers (docs/jobs.md)
     # A stage with nothing to do on any model is left out of the chain (no cost at all).
     pipeline: tuple[str, ...] = (
         "record",
@@ -485,6 +524,7 @@ class Settings(_Settings):
         "execute",
     )
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
+    batch: BatchSettings = BatchSettings()  # the files and batches API (docs/batch.md)
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -721,6 +761,7 @@ __all__ = [
     "DeploymentSettings",
     "ExecuteSettings",
     "GuardrailPolicy",
+    "JobsSettings",
     "KeyConfig",
     "KeyFields",
     "ModelSettings",
@@ -735,6 +776,7 @@ __all__ = [
     "Settings",
     "SimulatorRef",
     "UpstreamLimits",
+    "WebhookSettings",
     "interpolate",
     "with_simulator_port",
 ]

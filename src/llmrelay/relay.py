@@ -21,6 +21,7 @@ from .config import Settings, with_simulator_port
 from .errors import AuthenticationError, ConfigError, InvalidRequestError
 from .guardrails.input import GuardInput
 from .guardrails.output import GuardOutput
+from .jobs.service import JobService
 from .keys.budget import BudgetStage
 from .keys.service import KeyService, check_model
 from .limits import LimitsRuntime, LimitStage, build_limits
@@ -87,6 +88,7 @@ class Relay:
         self.tracer: Any = None  # observability.tracing.Tracer when traces are configured
         self.limits: LimitsRuntime | None = None  # rate limits and queues, when any can apply
         self.keys = KeyService(self.settings)  # virtual keys and budget spend (docs/keys.md)
+        self.jobs = JobService(self)  # async jobs and their queue, opened on first use (docs/jobs.md)
         self.sinks: list[Sink] = []  # what every finished call's record is handed to
         self._start_lock = asyncio.Lock()  # the first calls may arrive together: start once
         self._closers: list[Callable[[], Awaitable[None]]] = []  # of stages holding resources
@@ -153,6 +155,7 @@ class Relay:
                 breakers=self.breakers, queue_depth=(lambda: calllog.queue_depth) if calllog else None
             )
             self.sinks.append(self.metrics.observe)
+            self.jobs.register(self.metrics.registry)
 
     def _start_tracing(self) -> None:
         traces = self.settings.traces
@@ -187,6 +190,7 @@ class Relay:
         return await stage if inspect.isawaitable(stage) else stage
 
     async def aclose(self) -> None:
+        await self.jobs.aclose()  # its workers first: they call the pipeline
         while self._closers:
             await self._closers.pop()()
         if self.calllog is not None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from . import bench, costs, evals, keys, logs, router, serve, simulate
+from . import batch, bench, costs, evals, keys, logs, router, serve, simulate, worker
 
 COMMANDS = {
     "serve": serve,
@@ -17,6 +17,8 @@ COMMANDS = {
     "router": router,
     "eval": evals,
     "bench": bench,
+    "worker": worker,
+    "batch": batch,
 }
 
 

@@ -46,7 +46,9 @@ from ..observability.records import CallRecord
 from ..pipeline import Call, Stream
 from ..relay import Relay
 from ..types import ChatResponse
+from .batches import BatchesAPI
 from .dashboard import Dashboard
+from .jobs import JobsRoutes
 
 log = logging.getLogger("llmrelay.server")
 
@@ -73,6 +75,8 @@ class Gateway:
         }
         self._routes.update(Dashboard(relay, self._authenticate).routes())  # /dashboard, /dashboard/api/*
         self._keys_admin = KeysAdmin(relay, self._require_keys_admin)  # /admin/keys (keys/admin.py)
+        self._batches = BatchesAPI(relay, self._authenticate, _presented_key)  # /v1/files, /v1/batches
+        self._jobs = JobsRoutes(relay, self._authenticate, self._body_limit)  # /v1/jobs (server/jobs.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -86,6 +90,8 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.relay.start()
+                    await self._batches.start()
+                    await self._jobs.start()
                     if self._on_startup is not None:
                         maybe = self._on_startup(self.relay)
                         if maybe is not None:
@@ -112,6 +118,10 @@ class Gateway:
             route = ("GET", self._model)
         elif route is None and (path == KEYS_ADMIN or path.startswith(KEYS_ADMIN + "/")):
             route = (scope["method"], self._keys_admin)  # it checks methods per route itself
+        elif route is None and BatchesAPI.serves(path):
+            route = (scope["method"], self._batches)  # it checks methods per route itself
+        elif route is None and self._jobs.handles(path):
+            route = (scope["method"], self._jobs)  # it checks methods per route itself
         try:
             if route is None:
                 raise NotFoundError(
