@@ -20,6 +20,7 @@ def test_defaults():
     assert s.pipeline == (
         "record",
         "route",
+        "limit",
         "budget",
         "guard_input",
         "cache",

@@ -133,6 +133,21 @@ def test_rotate_keeps_the_id_and_retires_the_old_secret(gw):
     assert _record(gw, raw.headers["x-llmrelay-request-id"]).api_key_id == made["id"]
 
 
+def test_a_keys_cache_entries_are_its_own_and_survive_rotation(gw):
+    made, other = create(gw), create(gw)
+    prompt = {"temperature": 0, "messages": [{"role": "user", "content": "cache me under my key id"}]}
+    with client(gw, made["key"]) as c:
+        first = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", **prompt)
+    assert first.headers["x-llmrelay-cache"] == "miss"
+    rotated = admin(gw, "POST", f"/admin/keys/{made['id']}/rotate").json()
+    with client(gw, rotated["key"]) as c:  # the same key under its new secret: its entry still serves
+        again = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", **prompt)
+    assert again.headers["x-llmrelay-cache"] == "hit"
+    with client(gw, other["key"]) as c:  # another key never gets it
+        theirs = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", **prompt)
+    assert theirs.headers["x-llmrelay-cache"] == "miss"
+
+
 def test_revoke_through_the_gateway_takes_effect_at_once(gw):
     made = create(gw)
     ask(gw, made["key"])

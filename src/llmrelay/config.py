@@ -15,8 +15,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
+from .batch.settings import BatchSettings
 from .errors import ConfigError
 from .routing.settings import RouteSettings, check_routes
 
@@ -73,12 +83,37 @@ class PromptCachingSettings(_Settings):
         return default.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
 
 
+class RateLimits(_Settings):
+    """Requests and tokens per minute, as token buckets (docs/limits.md): a full minute's worth may
+    come at once, then it refills continuously. Over one: 429 with Retry-After."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)  # prompt + output tokens (max_tokens reserved first)
+
+    @property
+    def on(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+class UpstreamLimits(RateLimits):
+    """A deployment's own limits at its provider. Requests over them wait in a priority queue
+    (``limits.queue``) instead of failing; rpm/tpm hold across replicas (Redis), the concurrency
+    cap is per gateway process."""
+
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+    @property
+    def on(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.max_concurrency is not None
+
+
 class DeploymentSettings(_Settings):
     """One place a model is served: a provider (endpoint) and that provider's model id."""
 
     provider: str  # a key of Settings.providers
     upstream: str | None = None  # defaults to the model's upstream id
     weight: float = Field(default=1.0, gt=0)  # share of traffic under the "weighted" balance
+    limits: UpstreamLimits | None = None  # the provider's rpm/tpm/max_concurrency for this deployment
 
 
 class SemanticCacheSettings(_Settings):
@@ -199,7 +234,8 @@ class GuardrailPolicy(_Settings):
 
     The global policy lives under ``guardrails:``; a model (the client-facing name: a route) sets
     any field under ``models.<name>.guardrails``, and the rest comes from the global one. An API
-    key's policy (issue #9) is one more override on top: ``policy.merged(model).merged(key)``.
+    key's policy (inline, or a name under ``guardrail_policies:``) can only tighten its route's:
+    ``guardrails.policy.tightened(global.merged(model), key)``.
     """
 
     limits: InputLimitsGuard = InputLimitsGuard()
@@ -256,11 +292,15 @@ class ModelSettings(_Settings):
     prompt_caching: PromptCachingSettings | None = None  # fields left unset come from the global one
     cache: CachePolicy | None = None  # overrides of the global `cache:` policy for this model
     guardrails: GuardrailPolicy | None = None  # overrides of the global `guardrails:` policy
+    limits: RateLimits | None = None  # this model's rpm/tpm, all callers together (429 over it)
+    upstream_limits: UpstreamLimits | None = None  # the provider's, for a `provider:` model
 
     @model_validator(mode="after")
     def _one_way_to_name_deployments(self) -> ModelSettings:
         if (self.provider is None) == (not self.deployments):
             raise ValueError(f"model {self.name!r} needs either `provider` or `deployments` (not both)")
+        if self.deployments and self.upstream_limits is not None:
+            raise ValueError(f"model {self.name!r}: with `deployments`, set `limits` on each deployment")
         return self
 
     @property
@@ -271,7 +311,11 @@ class ModelSettings(_Settings):
         if self.deployments:
             return self.deployments
         assert self.provider is not None
-        return (DeploymentSettings(provider=self.provider, upstream=self.upstream_id),)
+        return (
+            DeploymentSettings(
+                provider=self.provider, upstream=self.upstream_id, limits=self.upstream_limits
+            ),
+        )
 
 
 class ServerSettings(_Settings):
@@ -282,6 +326,24 @@ class ServerSettings(_Settings):
     # How long a gateway trusts what it looked up about a virtual key (docs/keys.md): a revocation
     # through another gateway or the CLI takes effect within this; through this gateway, at once.
     key_cache_ttl_s: float = Field(default=10.0, ge=0)
+
+
+POLICY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _policy_tag(value: Any) -> str:
+    # Tags show in error paths: the config's "keys.0.guardrails.inline-policy.injection.mode"; the
+    # admin API's error drops them ("guardrails.injection.mode"), as it does union branches.
+    return "policy-name" if isinstance(value, str) else "inline-policy"
+
+
+# A key's guardrail policy: the name of one under ``guardrail_policies:``, or inline overrides of
+# the ``guardrails:`` fields; either only tightens its route's policy (guardrails/policy.py).
+KeyGuardrails = Annotated[
+    Annotated[str, Tag("policy-name"), Field(pattern=POLICY_NAME)]
+    | Annotated[GuardrailPolicy, Tag("inline-policy")],
+    Discriminator(_policy_tag),
+]
 
 
 class KeyFields(_Settings):
@@ -295,6 +357,7 @@ class KeyFields(_Settings):
     budget_monthly_usd: Decimal | None = Field(default=None, ge=0)
     priority: int = 0
     metadata: dict[str, str] = {}
+    guardrails: KeyGuardrails | None = None  # a policy name or inline overrides; only tightens
 
 
 class KeyConfig(KeyFields):
@@ -399,6 +462,28 @@ class TracesSettings(_Settings):
     service_name: str = "llmrelay"
 
 
+class QueueSettings(_Settings):
+    """The wait for a deployment at its limits: highest priority first, with ageing."""
+
+    max_wait_s: float = Field(default=30.0, gt=0)  # then 503 queue_timeout
+    aging_s: float = Field(default=10.0, gt=0)  # a waiting request gains one priority level per aging_s
+    max_depth: int = Field(default=10_000, ge=1)  # per deployment; beyond it, 503 queue_full at once
+    priority_header: str = "x-llmrelay-priority"  # an int; a virtual key's priority is its ceiling
+
+
+class LimitsSettings(_Settings):
+    """Rate limits (docs/limits.md). A key's own rpm/tpm live on the key; a model's and its
+    deployments' under ``models``; the default for each end user (the request's ``user``) here."""
+
+    user: RateLimits = RateLimits()  # each end user, within each API key
+    default_max_tokens: int = Field(default=4096, ge=1)  # output reserved when max_tokens is unset
+    redis_url: str | None = None  # default: the top-level redis_url; unset: in-process buckets
+    on_redis_error: Literal["allow", "deny"] = "allow"  # allow: fail open (logged, counted)
+    redis_timeout_s: float = Field(default=0.25, gt=0)
+    redis_prefix: str = "llmrelay:rl"
+    queue: QueueSettings = QueueSettings()
+
+
 class SimulatorRef(_Settings):
     """The embedded simulator the gateway starts for ``simulated`` providers."""
 
@@ -420,7 +505,10 @@ class Settings(_Settings):
     models: list[ModelSettings] = []
     simulator: SimulatorRef = SimulatorRef()
     guardrails: GuardrailPolicy = GuardrailPolicy()  # the default of every model (docs/guardrails.md)
+    # Named policies API keys refer to (keys[].guardrails: strict); each only tightens a route's.
+    guardrail_policies: dict[Annotated[str, Field(pattern=POLICY_NAME)], GuardrailPolicy] = {}
     routes: list[RouteSettings] = []  # model aliases resolved per request (docs/routing.md)
+    limits: LimitsSettings = LimitsSettings()  # rate limits and the queue (docs/limits.md)
     keys: tuple[KeyConfig, ...] = ()  # virtual API keys seeded at start-up (docs/keys.md)
     budgets: BudgetSettings = BudgetSettings()
     jobs: JobsSettings = JobsSettings()  # async jobs, webhooks and workers (docs/jobs.md)
@@ -428,6 +516,7 @@ class Settings(_Settings):
     pipeline: tuple[str, ...] = (
         "record",
         "route",
+        "limit",
         "budget",
         "guard_input",
         "cache",
@@ -435,6 +524,7 @@ class Settings(_Settings):
         "execute",
     )
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
+    batch: BatchSettings = BatchSettings()  # the files and batches API (docs/batch.md)
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -454,8 +544,25 @@ class Settings(_Settings):
                     )
         self._check_guardrails()
         check_routes(self.routes, [m.name for m in self.models], self.pipeline)
+        self._check_limits()
         self._check_keys(seen)
         return self
+
+    def _check_limits(self) -> None:
+        limited = self.limits.user.on or any(m.limits and m.limits.on for m in self.models)
+        limited |= any(k.rpm is not None or k.tpm is not None for k in self.keys)
+        if limited and "limit" not in self.pipeline:
+            raise ValueError("pipeline: rate limits are configured but the pipeline has no 'limit' stage")
+        seen: dict[str, UpstreamLimits | None] = {}
+        for m in self.models:
+            for d in m.deployment_list():
+                key = f"{d.provider}/{d.upstream or m.upstream_id}"
+                if key in seen and seen[key] != d.limits:
+                    raise ValueError(
+                        f"model {m.name!r}: deployment {key} has other limits than where it appears "
+                        "before (one provider deployment has one set of limits)"
+                    )
+                seen[key] = d.limits
 
     def _check_keys(self, models: set[str]) -> None:
         ids, secrets = set(), set()
@@ -474,21 +581,41 @@ class Settings(_Settings):
         if budgeted and "budget" not in self.pipeline:
             raise ValueError("pipeline: budgets are configured but the pipeline has no 'budget' stage")
 
+    def moderation_problem(self, policy: GuardrailPolicy) -> str | None:
+        """Why ``policy``'s moderation provider cannot moderate here, or None."""
+        name = policy.moderation.provider
+        if name is not None and (policy.moderation.input != "off" or policy.moderation.output != "off"):
+            provider = self.providers.get(name)
+            if provider is None or provider.kind != "openai":
+                return (
+                    f"{name!r} is not an OpenAI-kind provider here (only OpenAI's API has a moderation "
+                    "endpoint); leave it unset for the local rules"
+                )
+        return None
+
     def _check_guardrails(self) -> None:
+        from .guardrails.policy import problem  # it imports this module
+
         policies = [("guardrails", self.guardrails)] + [
             (f"models.{m.name}.guardrails", self.guardrails.merged(m.guardrails))
             for m in self.models
             if m.guardrails is not None
         ]
         for where, policy in policies:
-            name = policy.moderation.provider
-            if name is not None and (policy.moderation.input != "off" or policy.moderation.output != "off"):
-                provider = self.providers.get(name)
-                if provider is None or provider.kind != "openai":
-                    raise ValueError(
-                        f"{where}.moderation.provider: {name!r} is not an OpenAI-kind provider here "
-                        "(only OpenAI's API has a moderation endpoint); leave it unset for the local rules"
-                    )
+            found = self.moderation_problem(policy)
+            if found is not None:
+                raise ValueError(f"{where}.moderation.provider: {found}")
+        # API keys' policies: the named ones and the config keys' (their names exist, providers
+        # moderate, schemas are schemas, the pipeline has their stages).
+        keyed = [(f"guardrail_policies.{n}", p) for n, p in self.guardrail_policies.items()]
+        keyed += [
+            (f"keys.{i}.guardrails", k.guardrails)
+            for i, k in enumerate(self.keys)
+            if k.guardrails is not None
+        ]
+        for where, key_policy in keyed:
+            if (found := problem(self, key_policy)) is not None:
+                raise ValueError(f"{where}: {found}")
         stages = self.pipeline
         for stage, needed in (
             ("guard_input", any(p.input_on for _, p in policies)),
@@ -639,12 +766,16 @@ __all__ = [
     "KeyFields",
     "ModelSettings",
     "Price",
+    "LimitsSettings",
     "PromptCachingSettings",
     "ProviderSettings",
+    "QueueSettings",
+    "RateLimits",
     "SemanticCacheSettings",
     "ServerSettings",
     "Settings",
     "SimulatorRef",
+    "UpstreamLimits",
     "WebhookSettings",
     "interpolate",
     "with_simulator_port",

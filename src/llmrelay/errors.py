@@ -12,6 +12,10 @@
     ├── PermissionDeniedError         403  permission_error
     ├── RateLimitError                429  rate_limit_error    (our own limits; retry_after)
     │   └── BudgetExceeded            429  rate_limit_error    (code budget_exceeded; retry_after: the reset)
+    ├── QueueTimeout                  503  overloaded_error    (code queue_timeout: waited max_wait_s for a deployment)
+    │   └── QueueFull                 503  overloaded_error    (code queue_full: max_depth already waiting)
+    ├── LimiterUnavailable            503  overloaded_error    (code rate_limiter_unavailable: Redis down, fail-closed)
+    ├── ClientDisconnected            499                      (the client left while queued; on record only)
     ├── GuardrailBlocked              400  invalid_request_error (code guardrail_<guard>, e.g. guardrail_injection)
     │   └── GuardrailOutputInvalid    502  api_error           (code guardrail_json: no valid answer after the re-ask)
     └── UpstreamError                 502  api_error           (provider, status_code, body, headers)
@@ -139,6 +143,37 @@ class BudgetExceeded(RateLimitError):
     an exhausted quota, with Retry-After at the period's reset; not 402, which no SDK handles."""
 
     default_code = "budget_exceeded"
+
+
+class QueueTimeout(_RetryAfter, GatewayError):
+    """A request waited for its deployment (at its concurrency or rate limit) as long as allowed."""
+
+    status = 503
+    anthropic_type = "overloaded_error"
+    default_code = "queue_timeout"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class QueueFull(QueueTimeout):
+    default_code = "queue_full"
+
+
+class LimiterUnavailable(GatewayError):
+    """The shared limits' store is down and the config says to refuse rather than go unlimited."""
+
+    status = 503
+    anthropic_type = "overloaded_error"
+    default_code = "rate_limiter_unavailable"
+
+
+class ClientDisconnected(GatewayError):
+    """The client hung up while its request waited: nobody to answer (on record under this name)."""
+
+    status = 499  # nginx's "client closed request"; never seen by the client
+    default_code = "client_disconnected"
 
 
 class GuardrailBlocked(GatewayError):

@@ -54,6 +54,9 @@ class Call:
     headers: Mapping[str, str] = field(default_factory=dict)  # incoming, lower-cased names
     principal: str | None = None
     key: VirtualKey | None = None  # the caller's virtual key (set by the server's auth step)
+    # Returns once the client has disconnected (set by the server): what a request waiting in a
+    # queue watches, so that a caller who gave up leaves it. None in the library.
+    gone: Callable[[], Awaitable[None]] | None = None
     id: str = field(default_factory=lambda: f"req_{ULID()}")
     started: float = field(default_factory=time.perf_counter)
     # Written by the executor:

@@ -24,6 +24,7 @@ from .guardrails.output import GuardOutput
 from .jobs.service import JobService
 from .keys.budget import BudgetStage
 from .keys.service import KeyService, check_model
+from .limits import LimitsRuntime, LimitStage, build_limits
 from .observability.calllog import CallLog
 from .observability.metrics import Metrics
 from .observability.recorder import Recorder, Sink
@@ -45,11 +46,18 @@ _Closable = TypeVar("_Closable", bound=Any)  # a stage with ``async def aclose()
 STAGES: dict[str, StageFactory] = {
     "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
     "route": RouteStage.from_relay,
+    "limit": LimitStage.from_relay,
     "budget": BudgetStage.from_relay,
     "guard_input": GuardInput.from_relay,
     "cache": lambda relay: relay.owned(CacheStage.from_relay(relay)),
     "guard_output": GuardOutput.from_relay,
-    "execute": lambda relay: Executor(relay.catalog, relay.providers, relay.settings.execute, relay.breakers),
+    "execute": lambda relay: Executor(
+        relay.catalog,
+        relay.providers,
+        relay.settings.execute,
+        relay.breakers,
+        gates=relay.limits.gates if relay.limits else None,
+    ),
 }
 
 
@@ -78,6 +86,7 @@ class Relay:
         self.calllog: CallLog | None = None
         self.metrics: Metrics | None = None
         self.tracer: Any = None  # observability.tracing.Tracer when traces are configured
+        self.limits: LimitsRuntime | None = None  # rate limits and queues, when any can apply
         self.keys = KeyService(self.settings)  # virtual keys and budget spend (docs/keys.md)
         self.jobs = JobService(self)  # async jobs and their queue, opened on first use (docs/jobs.md)
         self.sinks: list[Sink] = []  # what every finished call's record is handed to
@@ -120,6 +129,7 @@ class Relay:
         await self.keys.start()
         self._start_metrics()
         self._start_tracing()
+        self._start_limits()
         stages = [await self._stage(name) for name in self.settings.pipeline]
         self._handler = compose([stage for stage in stages if stage is not None])
 
@@ -159,6 +169,13 @@ class Relay:
                 provider_kinds={name: p.kind for name, p in self.settings.providers.items()},
             )
             self.sinks.append(self.tracer.observe)
+
+    def _start_limits(self) -> None:
+        self.limits = build_limits(self.settings)
+        if self.limits is not None:
+            self._closers.append(self.limits.aclose)
+            if self.metrics is not None:
+                self.limits.register(self.metrics.registry)
 
     def owned(self, stage: _Closable) -> _Closable:
         """``stage``, closed (``await stage.aclose()``) when this relay closes."""

@@ -17,6 +17,7 @@ import functools
 import gzip
 import threading
 import types
+from collections.abc import Sequence
 from importlib import resources
 
 import tiktoken
@@ -120,4 +121,20 @@ def count_messages(messages: list[Message], model: str) -> int:
         for call in message.tool_calls or ():
             pieces += (call.function.name, call.function.arguments)
         total += TOKENS_PER_MESSAGE + sum(len(enc.encode_ordinary(p)) for p in pieces if p)
+    return total
+
+
+def token_upper_bound(messages: Sequence[Message]) -> int:
+    """A bound no tokenizer can exceed: every BPE token covers at least one UTF-8 byte.
+
+    Most requests are far below a route's cap, and this spares them the tokenizer (whose cost
+    grows with the text) while giving the same answer.
+    """
+    total = REPLY_PRIMING
+    for message in messages:
+        pieces = [message.role, message.text(), message.name or ""]
+        for call in message.tool_calls or ():
+            pieces += (call.function.name, call.function.arguments)
+        total += TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if message.name else 0)
+        total += sum(len(p.encode("utf-8", "surrogatepass")) for p in pieces)  # lone surrogates: 3 bytes
     return total

@@ -46,12 +46,13 @@ def deterministic(request: ChatRequest) -> bool:
     return request.temperature == 0
 
 
-def namespace(principal: str | None, shared: bool) -> str:
-    """Whose entries these are: the API key's own, or everyone's on a shared route. The key is hashed
-    into the cache key with the rest, never stored."""
+def namespace(owner: str | None, shared: bool) -> str:
+    """Whose entries these are: the API key's own (a virtual key's id, or the key presented when
+    keys are off), or everyone's on a shared route. It is hashed into the cache key with the rest,
+    never stored."""
     if shared:
         return "shared"
-    return f"key:{principal}" if principal else "anonymous"
+    return f"key:{owner}" if owner else "anonymous"
 
 
 def canonical(request: ChatRequest) -> dict[str, Any]:

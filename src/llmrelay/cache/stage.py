@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from ..catalog import Catalog
 from ..config import CachePolicy
 from ..errors import ConfigError, ModelNotFoundError
+from ..guardrails.policy import cache_scope
 from ..pipeline import Call, Handler, Result, Stream
 from ..types import ChatResponse
 from .backends import MemoryBackend, build_backend
@@ -123,7 +124,11 @@ class CacheStage:
             _mark(call, "bypass")
             return await next(call)
         semantic = self.semantic is not None and policy.semantic.enabled
-        space = f"{namespace(call.principal, policy.shared)}|{self.upstreams[call.request.model]}"
+        # A virtual key's entries follow its id, so rotating its secret keeps its cache.
+        owner = call.key.id if call.key is not None else call.principal
+        space = f"{namespace(owner, policy.shared)}|{self.upstreams[call.request.model]}"
+        if policy.shared and call.key is not None and call.key.guardrails is not None:
+            space += "|" + cache_scope(call.key.guardrails)  # answers checked under another key's policy
         keys = Keys.of(call.request, space, semantic=semantic)
         if control.no_cache:
             _mark(call, "refresh")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from . import bench, costs, evals, keys, logs, router, serve, simulate, worker
+from . import batch, bench, costs, evals, keys, logs, router, serve, simulate, worker
 
 COMMANDS = {
     "serve": serve,
@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": evals,
     "bench": bench,
     "worker": worker,
+    "batch": batch,
 }
 
 

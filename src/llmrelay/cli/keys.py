@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from ..config import KeyFields, Settings
 from ..errors import ConfigError
+from ..guardrails.policy import label, problem
 from ..keys.service import KeyService
 from ..keys.store import KeyRecord, open_key_store
 from ..tables import table
@@ -45,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--budget-monthly", help="USD per UTC month")
     create.add_argument("--priority", type=int, default=0, help="default priority (higher first)")
     create.add_argument("--meta", action="append", default=[], metavar="K=V", help="metadata (repeatable)")
+    create.add_argument(
+        "--guardrails",
+        metavar="POLICY",
+        help="a policy name under guardrail_policies, or inline JSON overrides, e.g. "
+        '\'{"injection": {"mode": "block"}}\' (it only tightens a route\'s policy)',
+    )
     listing = action("list", "the keys (never their secrets)")
     listing.add_argument("--all", action="store_true", help="revoked keys too")
     for name, text in (
@@ -71,6 +78,8 @@ async def _run(args: argparse.Namespace) -> int:
             ]
             if unknown:
                 raise ConfigError(f"keys create: unknown model(s) in this config: {', '.join(unknown)}")
+            if fields.guardrails is not None and (found := problem(settings, fields.guardrails)):
+                raise ConfigError(f"keys create: --guardrails: {found}")
             record, secret = await service.create(fields)
             _show([record], args.json, secret=secret)
             if not args.json:
@@ -111,10 +120,21 @@ def _fields(args: argparse.Namespace) -> KeyFields:
             budget_monthly_usd=args.budget_monthly,
             priority=args.priority,
             metadata=metadata,
+            guardrails=_policy(args.guardrails),
         )
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise ConfigError(f"keys create: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _policy(text: str | None) -> Any:
+    """``--guardrails``: inline JSON overrides when it is an object, else a policy's name."""
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"keys create: --guardrails is not valid JSON: {exc}") from None
 
 
 def _show(records: list[KeyRecord], as_json: bool, secret: str | None = None) -> None:
@@ -131,12 +151,13 @@ def _show(records: list[KeyRecord], as_json: bool, secret: str | None = None) ->
             ",".join(r.key.models) or "(all)",
             f"{r.key.limits.rpm or '-'}/{r.key.limits.tpm or '-'}",
             f"{_usd(r.key.budget_daily_usd)}/{_usd(r.key.budget_monthly_usd)}",
+            "-" if r.key.guardrails is None else label(r.key.guardrails),
             "revoked " + _when(r.revoked_at) if r.revoked_at else "active",
         ]
         for r in records
     ]
     print(
-        table(rows, ["id", "owner", "secret", "models", "rpm/tpm", "budget day/month", "state"])
+        table(rows, ["id", "owner", "secret", "models", "rpm/tpm", "budget day/month", "guardrails", "state"])
         if rows
         else "(no keys)"
     )

@@ -15,6 +15,7 @@ from ..config import GuardMode, GuardrailPolicy, ModerationGuard
 from ..errors import GatewayError, UpstreamUnavailable
 from ..pipeline import Call
 from .moderation import LocalModerator, Moderator, ProviderModerator
+from .policy import KeyPolicies, label
 from .verdicts import found, note
 
 log = logging.getLogger(__name__)
@@ -117,29 +118,40 @@ def _counts(category: str, only: tuple[str, ...]) -> bool:
 
 
 class RouteGuard:
-    """What both guard stages share: a policy per route (for routes that check this ``side``),
-    the engines those policies need loaded at start, and the stage left out when no route needs it."""
+    """What both guard stages share: a policy per route (for routes that check this ``side``), an
+    API key's own policy on top (``policy.py``: it only tightens the route's), the engines those
+    policies need loaded at start, and the stage left out when nothing needs it."""
 
     side: str  # "input" or "output"
 
-    def __init__(self, policies: Mapping[str, GuardrailPolicy], engines: Engines) -> None:
+    def __init__(
+        self, policies: Mapping[str, GuardrailPolicy], engines: Engines, keys: KeyPolicies | None = None
+    ) -> None:
         self.policies = dict(policies)  # model name -> its policy; a model without one is not checked
         self.engines = engines
-        for policy in self.policies.values():
+        self.keys = keys  # None: no key presented here can carry a policy of its own
+        named = keys.named() if keys is not None else []
+        for policy in [*self.policies.values(), *named]:
             engines.prepare(policy, input=self.side == "input", output=self.side == "output")
 
     @classmethod
     def from_relay(cls, relay: Relay) -> Self | None:
-        """The stage, or None when no route checks this side (then it is left out of the chain)."""
-        policies = {
-            entry.name: policy
-            for entry in relay.catalog
-            if getattr(
-                policy := relay.settings.guardrails.merged(entry.settings.guardrails), f"{cls.side}_on"
-            )
+        """The stage, or None when neither a route nor a key can need this side (then it is left
+        out of the chain)."""
+        settings = relay.settings
+        routes = {
+            entry.name: settings.guardrails.merged(entry.settings.guardrails) for entry in relay.catalog
         }
-        return cls(policies, Engines(relay.providers)) if policies else None
+        policies = {name: policy for name, policy in routes.items() if getattr(policy, f"{cls.side}_on")}
+        keys = KeyPolicies(settings, routes, cls.side) if relay.keys.guardrails_possible else None
+        if not policies and keys is None:
+            return None
+        return cls(policies, Engines(relay.providers), keys)
 
     def policy(self, call: Call) -> GuardrailPolicy | None:
-        # Per route for now; an API key's own policy (issue #9) will be merged on top here.
-        return self.policies.get(call.request.model)
+        """The call's policy on this side, or None when it checks nothing here."""
+        key = call.key
+        if key is None or key.guardrails is None or self.keys is None:
+            return self.policies.get(call.request.model)
+        call.extra["guardrail_policy"] = label(key.guardrails)
+        return self.keys.policy(call.request.model, key)

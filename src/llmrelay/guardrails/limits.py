@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TOKENS_PER_NAME, count_messages, count_text
+from ..tokens import count_messages, count_text, token_upper_bound
 from ..types import ChatRequest, Message
 
 
@@ -46,24 +46,8 @@ def check_limits(request: ChatRequest, max_chars: int | None, max_tokens: int | 
             return (
                 f"Input is {chars:,} characters; this route allows at most {max_chars:,} (max_input_chars)."
             )
-    if max_tokens is not None and _token_upper_bound(request.messages) > max_tokens:
+    if max_tokens is not None and token_upper_bound(request.messages) > max_tokens:
         tokens = count_tokens(request.messages, request.model)
         if tokens > max_tokens:
             return f"Input is {tokens:,} tokens; this route allows at most {max_tokens:,} (max_input_tokens)."
     return None
-
-
-def _token_upper_bound(messages: Sequence[Message]) -> int:
-    """A bound no tokenizer can exceed: every BPE token covers at least one UTF-8 byte.
-
-    Most requests are far below a route's cap, and this spares them the tokenizer (whose cost
-    grows with the text) while giving the same answer.
-    """
-    total = REPLY_PRIMING
-    for message in messages:
-        pieces = [message.role, message.text(), message.name or ""]
-        for call in message.tool_calls or ():
-            pieces += (call.function.name, call.function.arguments)
-        total += TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if message.name else 0)
-        total += sum(len(p.encode("utf-8", "surrogatepass")) for p in pieces)  # lone surrogates: 3 bytes
-    return total

@@ -34,6 +34,7 @@ from .verdicts import found, note
 
 if TYPE_CHECKING:
     from .pii import Span
+    from .policy import KeyPolicies
 
 STAGE = "output"
 
@@ -41,8 +42,10 @@ STAGE = "output"
 class GuardOutput(RouteGuard):
     side = STAGE
 
-    def __init__(self, policies: Mapping[str, GuardrailPolicy], engines: Engines) -> None:
-        super().__init__(policies, engines)
+    def __init__(
+        self, policies: Mapping[str, GuardrailPolicy], engines: Engines, keys: KeyPolicies | None = None
+    ) -> None:
+        super().__init__(policies, engines, keys)
         for policy in self.policies.values():
             if policy.json_.mode != "off":
                 from .jsonmode import policy_spec

@@ -201,3 +201,6 @@ class Workers:
 
 
 __all__ = ["Pool", "Workers"]
+
+
+from ..batch import local as _batch_items  # noqa: E402, F401  (registers the "batch_item" handler)

@@ -1,8 +1,9 @@
 """``/admin/keys``: the admin API of virtual keys (master key only), OpenAI-style JSON.
 
 POST   /admin/keys                 create: {owner, models, rpm, tpm, budget_daily_usd,
-                                   budget_monthly_usd, priority, metadata} -> 201, with "key"
-                                   (the secret, shown this once)
+                                   budget_monthly_usd, priority, metadata, guardrails} -> 201, with
+                                   "key" (the secret, shown this once); guardrails: a policy name
+                                   under guardrail_policies, or inline overrides
 GET    /admin/keys[?all=true]      list (active keys; all=true adds revoked ones)
 GET    /admin/keys/{id}            one key, with its spend today and this month (UTC)
 POST   /admin/keys/{id}/rotate     a new secret, same id: the old secret stops working
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from ..asgi import Receive, Scope, Send, read_body, request_headers, send_json
 from ..config import KeyFields
 from ..errors import InvalidRequestError, MethodNotAllowedError, NotFoundError, invalid_request_from
+from ..guardrails.policy import problem
 from .spend import from_pico, periods
 from .store import KeyRecord
 
@@ -81,6 +83,10 @@ class KeysAdmin:
                 f"Unknown model(s) {', '.join(map(repr, unknown))}: GET /v1/models lists the models served.",
                 param="models",
             )
+        if fields.guardrails is not None:
+            found = problem(self.relay.settings, fields.guardrails)
+            if found is not None:
+                raise InvalidRequestError(f"Invalid guardrails: {found}.", param="guardrails")
         record, secret = await self.relay.keys.create(fields)
         await send_json(send, 201, {**record.public(), "key": secret})
 

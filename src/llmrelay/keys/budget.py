@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING
 from ..catalog import Catalog
 from ..config import BudgetSettings
 from ..errors import BudgetExceeded, GatewayError
-from ..guardrails.limits import _token_upper_bound as token_upper_bound
 from ..pipeline import Call, Handler, Result, Stream
-from ..tokens import count_messages
+from ..tokens import count_messages, token_upper_bound
 from ..types import ChatResponse, Usage
 from .spend import Charge, Ledger, from_pico, periods, reset_in_s, to_pico
 

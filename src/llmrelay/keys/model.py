@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import GuardrailPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,9 @@ class VirtualKey:
     priority: int = 0  # default priority (higher first)
     metadata: Mapping[str, str] = field(default_factory=dict)
     admin: bool = False  # the master key resolves to an admin VirtualKey
+    # Its guardrail policy: a name under ``guardrail_policies``, or inline overrides; it only
+    # tightens the route's (guardrails/policy.py). None: the route's policy as it is.
+    guardrails: str | GuardrailPolicy | None = None
 
     def allows(self, model: str) -> bool:
         """Whether this key may call ``model`` (a client-facing model name or alias)."""

@@ -31,3 +31,7 @@ CREATE TABLE budget_spend (
     PRIMARY KEY (scope, period)
 );
 """
+
+# A key's guardrail policy (guardrails/policy.py), JSON: a policy name (a JSON string) or inline
+# overrides (an object); NULL: none. An added column: every existing key keeps NULL.
+KEY_GUARDRAILS_MIGRATION = "ALTER TABLE api_keys ADD COLUMN guardrails TEXT"

@@ -41,11 +41,16 @@ class KeyService:
         self._redis_url = settings.redis_url
         self._cache: dict[str, tuple[float, VirtualKey | None]] = {}
         self.ledger: Ledger | None = None
+        # Whether a key presented here can carry a guardrail policy: any key can with a master key
+        # (the admin API makes them at any time); without one, only keys already in the store.
+        self.guardrails_possible = master is not None or any(k.guardrails is not None for k in settings.keys)
 
     async def start(self) -> KeyService:
         await self.store.open()
         if self._seed:
             await self.store.seed(config_record(k) for k in self._seed)
+        if not self.guardrails_possible:  # a library Relay: keys made elsewhere may have a policy
+            self.guardrails_possible = any(r.key.guardrails is not None for r in await self.store.list_keys())
         return self
 
     async def start_ledger(self) -> Ledger:
@@ -145,6 +150,7 @@ def virtual_key(key_id: str, fields: KeyFields) -> VirtualKey:
         budget_monthly_usd=fields.budget_monthly_usd,
         priority=fields.priority,
         metadata=dict(fields.metadata),
+        guardrails=fields.guardrails,
     )
 
 

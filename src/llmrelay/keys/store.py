@@ -21,21 +21,24 @@ from typing import Any
 
 import orjson
 
+from ..config import GuardrailPolicy
 from ..errors import ConfigError
+from ..guardrails.policy import as_json
 from .hashing import same_hash
 from .model import KeyLimits, VirtualKey
 
 _COLUMNS = (
     "id, secret_hash, hint, owner, models, rpm, tpm, budget_daily_usd, budget_monthly_usd, priority,"
-    " metadata, source, created_at, rotated_at, revoked_at"
+    " metadata, source, created_at, rotated_at, revoked_at, guardrails"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM api_keys"
-_INSERT = f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT = f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _SEED = (
     _INSERT + " ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, hint = excluded.hint,"
     " owner = excluded.owner, models = excluded.models, rpm = excluded.rpm, tpm = excluded.tpm,"
     " budget_daily_usd = excluded.budget_daily_usd, budget_monthly_usd = excluded.budget_monthly_usd,"
-    " priority = excluded.priority, metadata = excluded.metadata, revoked_at = NULL"
+    " priority = excluded.priority, metadata = excluded.metadata, guardrails = excluded.guardrails,"
+    " revoked_at = NULL"
     " WHERE api_keys.source = 'config'"  # never overwrite a key made through the API
 )
 _ADD_SPEND = (
@@ -76,6 +79,7 @@ class KeyRecord:
             "budget_monthly_usd": _text(k.budget_monthly_usd),
             "priority": k.priority,
             "metadata": dict(k.metadata),
+            "guardrails": None if k.guardrails is None else as_json(k.guardrails),
             "source": self.source,
             "created_at": self.created_at,
             "rotated_at": self.rotated_at,
@@ -347,6 +351,7 @@ def _row(r: KeyRecord) -> tuple[Any, ...]:
         r.created_at,
         r.rotated_at,
         r.revoked_at,
+        None if k.guardrails is None else orjson.dumps(as_json(k.guardrails)).decode(),
     )
 
 
@@ -367,6 +372,7 @@ def _record(row: tuple[Any, ...]) -> KeyRecord:
         created,
         rotated,
         revoked,
+        guardrails,
     ) = row
     key = VirtualKey(
         id=kid,
@@ -377,8 +383,16 @@ def _record(row: tuple[Any, ...]) -> KeyRecord:
         budget_monthly_usd=Decimal(monthly) if monthly is not None else None,
         priority=priority,
         metadata=orjson.loads(meta),
+        guardrails=_policy(guardrails),
     )
     return KeyRecord(key, h, hint, source, created, rotated, revoked)
+
+
+def _policy(stored: str | None) -> str | GuardrailPolicy | None:
+    if stored is None:
+        return None
+    value = orjson.loads(stored)
+    return value if isinstance(value, str) else GuardrailPolicy.model_validate(value)
 
 
 def _text(value: Decimal | None) -> str | None:

@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import orjson
 
-from ..keys.schema import KEYS_MIGRATION
+from ..batch.schema import POSTGRES_MIGRATION as BATCH_MIGRATION
+from ..keys.schema import KEY_GUARDRAILS_MIGRATION, KEYS_MIGRATION
 from . import records
 from .records import CALL_COLUMNS, AttemptRecord, CallRecord
 
@@ -94,6 +95,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     ("0003_keys", KEYS_MIGRATION),  # virtual API keys and budget spend (keys/store.py)
+    ("0004_key_guardrails", KEY_GUARDRAILS_MIGRATION),  # a key's guardrail policy
+    ("0005_batches", BATCH_MIGRATION),  # files and batches (batch/store.py)
 )
 
 ATTEMPT_COLUMNS = ("call_id", "started_at", *records.ATTEMPT_COLUMNS)  # partitioned by the call's day

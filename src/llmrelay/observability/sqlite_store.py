@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..keys.schema import KEYS_MIGRATION
+from ..batch.schema import SQLITE_MIGRATION as BATCH_MIGRATION
+from ..keys.schema import KEY_GUARDRAILS_MIGRATION, KEYS_MIGRATION
 from .migrations import Migrations, apply_sqlite
 from .records import ATTEMPT_COLUMNS, CALL_COLUMNS, AttemptRecord, CallRecord
 
@@ -85,6 +86,8 @@ MIGRATIONS = Migrations(
             """,
         ),
         ("003_keys", KEYS_MIGRATION),  # virtual API keys and budget spend (keys/store.py)
+        ("004_key_guardrails", KEY_GUARDRAILS_MIGRATION),  # a key's guardrail policy
+        ("005_batches", BATCH_MIGRATION),  # files and batches (batch/store.py)
     ],
 )
 

@@ -14,6 +14,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..catalog import Catalog, Deployment, ModelEntry
 from ..config import ExecuteSettings
@@ -31,6 +32,9 @@ from ..types import Chunk
 from .breaker import Breakers
 from .policy import Try, Wait, attempt_plan, retryable
 
+if TYPE_CHECKING:
+    from ..limits.queue import Gates, Ticket
+
 TIMEOUT_HEADER = "x-llmrelay-timeout"
 
 
@@ -45,16 +49,19 @@ _USABLE_COOLING = _USABLE | {"cooldown"}
 class Balancer:
     """Picks a deployment of a model among those whose breaker is not open or cooling down."""
 
-    def __init__(self, breakers: Breakers, rng: random.Random) -> None:
+    def __init__(self, breakers: Breakers, rng: random.Random, gates: Gates | None = None) -> None:
         self.breakers = breakers
         self.rng = rng
         self.in_flight: Counter[str] = Counter()
+        self.gates = gates
 
     def pick(self, entry: ModelEntry, avoid: frozenset[str], cooling: bool = False) -> Deployment | None:
         usable = _USABLE_COOLING if cooling else _USABLE
         candidates = [
             d for d in entry.deployments if d.key not in avoid and self.breakers.state(d.key) in usable
         ]
+        if len(candidates) > 1 and self.gates is not None:  # one at its limits queues; another may not
+            candidates = [d for d in candidates if self.gates.has_room(d.key)] or candidates
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         if entry.settings.balance == "least_in_flight":
@@ -70,13 +77,15 @@ class Executor:
         settings: ExecuteSettings,
         breakers: Breakers,
         rng: random.Random | None = None,
+        gates: Gates | None = None,  # deployments' rate and concurrency limits (limits/queue.py)
     ) -> None:
         self.catalog = catalog
         self.providers = providers
         self.settings = settings
         self.breakers = breakers
         self.rng = rng or random.Random()
-        self.balancer = Balancer(breakers, self.rng)
+        self.balancer = Balancer(breakers, self.rng, gates)
+        self.gates = gates
 
     async def __call__(self, call: Call, next: Handler) -> Result:
         chain = self.catalog.chain(call.request.model)
@@ -138,8 +147,13 @@ class Executor:
         # A deployment still cooling down is only ever picked when nothing else is left (policy.py).
         if self.breakers.state(deployment.key) != "cooldown" and not self.breakers.allow(deployment.key):
             raise CircuitOpen(f"{deployment.key}: circuit open", provider=deployment.provider_name)
+        # At its limits, the deployment makes the request wait its turn (by priority) here.
+        ticket = await self.gates.enter(call, deployment, deadline) if self.gates else None
+        if ticket is not None:
+            waited += ticket.waited_s
         provider = self.providers[deployment.provider_name]
         started = time.perf_counter()
+        response = None
         self.balancer.in_flight[deployment.key] += 1
         streaming = False
         try:
@@ -150,7 +164,7 @@ class Executor:
                     primed = await _prime(chunks)
                 streaming = True
                 self._answered(call, deployment)
-                return self._relay(call, deployment, chunks, primed, deadline, started, waited)
+                return self._relay(call, deployment, chunks, primed, deadline, started, waited, ticket)
             limit = min(self.settings.attempt_timeout_s, deadline - started)
             async with asyncio.timeout(max(limit, 0)):
                 response = await provider.complete(call.request, deployment)
@@ -168,6 +182,8 @@ class Executor:
             call.upstream_ms += (time.perf_counter() - started) * 1000
             if not streaming:
                 self.balancer.in_flight[deployment.key] -= 1
+                if ticket is not None:
+                    ticket.release(response.usage if response is not None else None)
         self._answered(call, deployment)
         self._succeeded(call, deployment, started, waited)
         return response
@@ -181,11 +197,14 @@ class Executor:
         deadline: float,
         started: float,
         waited: float,
+        ticket: Ticket | None,
     ) -> Stream:
         """The primed chunks, then the rest, each within the stall timeout and the deadline."""
+        usage = None
         try:
             for chunk in primed:
                 self._first_token(call, chunk)
+                usage = chunk.usage or usage
                 yield chunk
             while True:
                 wait_start = time.perf_counter()
@@ -203,6 +222,7 @@ class Executor:
                 finally:
                     call.upstream_ms += (time.perf_counter() - wait_start) * 1000
                 self._first_token(call, chunk)
+                usage = chunk.usage or usage
                 yield chunk
         except GatewayError as error:
             self._failed(call, deployment, error, started, waited)
@@ -212,6 +232,8 @@ class Executor:
             raise
         finally:
             self.balancer.in_flight[deployment.key] -= 1
+            if ticket is not None:
+                ticket.release(usage)
             await chunks.aclose()
         self._succeeded(call, deployment, started, waited)
 

@@ -46,6 +46,7 @@ from ..observability.records import CallRecord
 from ..pipeline import Call, Stream
 from ..relay import Relay
 from ..types import ChatResponse
+from .batches import BatchesAPI
 from .dashboard import Dashboard
 from .jobs import JobsRoutes
 
@@ -74,6 +75,7 @@ class Gateway:
         }
         self._routes.update(Dashboard(relay, self._authenticate).routes())  # /dashboard, /dashboard/api/*
         self._keys_admin = KeysAdmin(relay, self._require_keys_admin)  # /admin/keys (keys/admin.py)
+        self._batches = BatchesAPI(relay, self._authenticate, _presented_key)  # /v1/files, /v1/batches
         self._jobs = JobsRoutes(relay, self._authenticate, self._body_limit)  # /v1/jobs (server/jobs.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,6 +90,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.relay.start()
+                    await self._batches.start()
                     await self._jobs.start()
                     if self._on_startup is not None:
                         maybe = self._on_startup(self.relay)
@@ -115,6 +118,8 @@ class Gateway:
             route = ("GET", self._model)
         elif route is None and (path == KEYS_ADMIN or path.startswith(KEYS_ADMIN + "/")):
             route = (scope["method"], self._keys_admin)  # it checks methods per route itself
+        elif route is None and BatchesAPI.serves(path):
+            route = (scope["method"], self._batches)  # it checks methods per route itself
         elif route is None and self._jobs.handles(path):
             route = (scope["method"], self._jobs)  # it checks methods per route itself
         try:
@@ -202,8 +207,15 @@ class Gateway:
             error_headers = {**error.headers(), "x-llmrelay-request-id": record.id}
             await send_json(send, error.status, dialect.error(error), encode_headers(error_headers))
             return
-        call = Call(request, api_format=dialect.name, headers=headers, principal=principal, started=started)
-        call.key = key
+        call = Call(
+            request,
+            api_format=dialect.name,
+            headers=headers,
+            principal=principal,
+            started=started,
+            key=key,
+            gone=lambda: wait_disconnect(receive),
+        )
         try:
             result = await self.relay.handle(call)
             if isinstance(result, ChatResponse):

@@ -23,6 +23,7 @@ from ..tokens import count_messages, count_text
 from ..types import ChatRequest, Usage
 from . import extras
 from .answer import Answer, decide, limit
+from .batches import SimulatorBatches
 from .caching import OPENAI_MIN, CacheResult, PromptCache
 from .faults import FAULT_HEADER, FaultPicker, error_for
 from .fixed import FixedReplies, light_request
@@ -58,6 +59,7 @@ class SimulatorApp:
             "/v1/models": ("GET", self._models),
             "/health": ("GET", self._health),
         }
+        self.batches = SimulatorBatches(self)  # /v1/files, /v1/batches, /v1/messages/batches
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class SimulatorApp:
         route = self._routes.get(path)
         if route is None and path.startswith("/v1/models/"):
             route = ("GET", self._model)
+        elif route is None and self.batches.serves(path):
+            route = (ex.scope["method"], self.batches)  # it checks methods per route itself
         if route is None:
             raise NotFoundError(f"Unknown path: {path}")
         if ex.scope["method"] != route[0]:

@@ -103,6 +103,7 @@ class SimulatorSettings(BaseModel):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     # How long a cached prompt prefix lives after its last use (Anthropic "ttl": "1h" marks: 12x).
     prompt_cache_ttl_s: float = Field(default=300, gt=0)
+    batch_delay_s: float = Field(default=1.0, ge=0)  # a batch (OpenAI's or Anthropic's) ends after this
 
     @field_validator("faults", mode="before")
     @classmethod
