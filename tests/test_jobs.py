@@ -5,6 +5,7 @@ the official ``openai`` SDK's types."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -376,3 +377,17 @@ def test_worker_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "--concurrency" in r.stderr
     free_port()
+
+
+def test_finished_jobs_and_deliveries_are_counted(gateway: Server, receiver: Receiver) -> None:
+    with api(gateway) as client:
+        job = client.post(
+            "/jobs", json={"request": chat(), "webhook": {"url": receiver.url + "/counted"}}
+        ).json()
+        wait(client, job["id"], lambda j: j["webhook"]["status"] == "delivered")
+    text = httpx.get(gateway.url + "/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}).text
+    finished = re.search(r'llmrelay_jobs_finished_total\{kind="chat",status="succeeded"\} (\d+)', text)
+    delivered = re.search(r'llmrelay_webhook_deliveries_total\{outcome="delivered"\} (\d+)', text)
+    assert finished and int(float(finished.group(1))) >= 1, text
+    assert delivered and int(float(delivered.group(1))) >= 1, text
+    assert 'llmrelay_jobs_finished_total{kind="webhook",status="succeeded"}' in text

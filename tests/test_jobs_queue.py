@@ -4,14 +4,18 @@ a schema of its own per test), so the two cannot drift apart."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmrelay.jobs.queue import PostgresJobQueue, SqliteJobQueue, new_job, open_queue
 
+from .conftest import serve_config, stop_process
+from .test_jobs import api, chat, config, receiver, start_worker, wait  # noqa: F401  (a fixture too)
 from .test_postgres_store import database, query, with_query  # noqa: F401  (a fresh database)
 
 
@@ -200,3 +204,41 @@ def test_open_queue_urls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="jobs.queue"):
         open_queue("mysql://x", tmp_path)
     assert time.time() > 0
+
+
+def test_gateway_and_worker_share_a_postgresql_queue(simulator, tmp_path: Path, request) -> None:
+    """The distributed queue on the machine's real PostgreSQL: a gateway without workers takes the
+    jobs, a ``llmrelay worker`` process runs them and delivers their webhooks."""
+    db = request.getfixturevalue("database")  # skipped when there is no PostgreSQL
+    hooks = request.getfixturevalue("receiver")
+    schema = f"jobs_{uuid.uuid4().hex[:10]}"
+    asyncio.run(query(db, f"CREATE SCHEMA {schema}"))
+    settings = config(simulator, tmp_path, in_gateway=False, queue=with_query(db, search_path=schema))
+    gateway = serve_config(settings, tmp_path)
+    gateway.config = tmp_path / "worker.yaml"  # type: ignore[attr-defined]
+    gateway.config.write_text(yaml.safe_dump(settings))  # type: ignore[attr-defined]
+    try:
+        with api(gateway) as client:
+            jobs = [
+                client.post(
+                    "/jobs", json={"request": chat(f"pg {i}"), "webhook": {"url": hooks.url + f"/pg{i}"}}
+                ).json()
+                for i in range(4)
+            ]
+            worker = start_worker(gateway, "small", tmp_path / "pg.log")
+            try:
+                done = [
+                    wait(client, j["id"], lambda j: j.get("webhook", {}).get("status") == "delivered")
+                    for j in jobs
+                ]
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=15)
+        assert [d["result"]["choices"][0]["message"]["content"] for d in done] == [
+            f"You said: pg {i}" for i in range(4)
+        ]
+        assert all(len(hooks.at(f"/pg{i}")) == 1 for i in range(4))
+        rows = asyncio.run(query(db, f"SELECT status, count(*) FROM {schema}.jobs GROUP BY status"))
+        assert {r["status"]: r["count"] for r in rows} == {"succeeded": 8}  # 4 jobs + 4 deliveries
+    finally:
+        stop_process(gateway)
