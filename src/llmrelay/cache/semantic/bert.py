@@ -43,7 +43,9 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return centred / np.sqrt(var + eps) * weight + bias
 
 
-class _Layer:
+class LayerWeights:
+    """One encoder layer's tensors as both runtimes use them: Q, K, V in one matrix, all (in, out)."""
+
     __slots__ = (
         "ln1_b",
         "ln1_w",
@@ -152,7 +154,7 @@ class BertEncoder(SentenceEncoder):
         self.position = t["embeddings.position_embeddings.weight"]
         self.token_type = t["embeddings.token_type_embeddings.weight"][0]
         self.ln_w, self.ln_b = t["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.bias"]
-        self.layers = [_Layer(t, f"encoder.layer.{i}") for i in range(self.n_layers)]
+        self.layers = [LayerWeights(t, f"encoder.layer.{i}") for i in range(self.n_layers)]
 
     def _forward(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         batch, length = tokens.shape

@@ -94,7 +94,7 @@ def resolve_encoder(encoder: Encoder) -> Literal["onnx", "numpy", "onnx-int8"]:
     if encoder != "numpy" and not have_onnx:
         raise ConfigError(
             f"semantic cache: encoder {encoder!r} needs onnxruntime and onnx: pip install "
-            "'llmrelay[semantic]' (or encoder: numpy, about 3x slower, same vectors)"
+            "'llmrelay[semantic]' (or encoder: numpy: the same vectors, ~2.4x slower)"
         )
     return encoder
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .bert import SentenceEncoder
+from .bert import LayerWeights, SentenceEncoder
 
 # Part of the cached file's name: bump it whenever build_graph's output changes.
 BUILDER_VERSION = 1
@@ -54,8 +54,7 @@ def file_sha256(path: Path) -> str:
 class _Graph:
     """Collects nodes and initialisers; each helper returns the name of its output."""
 
-    def __init__(self, t: dict[str, np.ndarray]) -> None:
-        self.t = t
+    def __init__(self) -> None:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
 
@@ -65,9 +64,6 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def weight(self, name: str) -> str:
-        return self.const(name, self.t[name])
-
     def op(self, op_type: str, *inputs: str, domain: str = "", **attrs: Any) -> str:
         from onnx import helper
 
@@ -75,53 +71,45 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], out, domain=domain, **attrs))
         return out
 
-    def matmul(self, x: str, linear: str) -> str:
-        # torch's Linear stores (out, in); the graph computes x @ W, so W is stored transposed.
-        return self.op("MatMul", x, self.const(f"{linear}.weight", self.t[f"{linear}.weight"].T))
-
-    def add_norm(self, x: str, residual: str, linear: str, norm: str, eps: float) -> str:
-        """LayerNorm(x + residual + linear's bias), one fused operator."""
-        return self.op(
-            "SkipLayerNormalization",
-            *(x, residual, self.weight(f"{norm}.weight"), self.weight(f"{norm}.bias")),
-            self.weight(f"{linear}.bias"),
-            domain=_MS,
-            epsilon=eps,
-        )
+    def skip_norm(self, x: str, residual: str, gamma: str, beta: str, bias: str, eps: float) -> str:
+        """LayerNorm(x + bias + residual), one fused operator."""
+        return self.op("SkipLayerNormalization", x, residual, gamma, beta, bias, domain=_MS, epsilon=eps)
 
 
 def build_graph(encoder: SentenceEncoder, t: dict[str, np.ndarray]) -> Any:
     """``encoder``'s network as an ONNX model: (input_ids, attention_mask) -> last layer's states."""
     from onnx import TensorProto, helper
 
-    g = _Graph(t)
+    g = _Graph()
     # Embeddings: word + position (the first `length` rows) + token type 0, then LayerNorm.
-    words = g.op("Gather", g.weight("embeddings.word_embeddings.weight"), "input_ids")
+    words = g.op("Gather", g.const("word", t["embeddings.word_embeddings.weight"]), "input_ids")
     length = g.op("Shape", "input_ids", start=1, end=2)
     zero = g.const("zero", np.array([0], np.int64))
-    positions = g.op("Slice", g.weight("embeddings.position_embeddings.weight"), zero, length, zero)
+    positions = g.op(
+        "Slice", g.const("position", t["embeddings.position_embeddings.weight"]), zero, length, zero
+    )
     token_type = g.const("token_type_0", t["embeddings.token_type_embeddings.weight"][0])
     x = g.op(
         "LayerNormalization",
         g.op("Add", g.op("Add", words, positions), token_type),
-        *(g.weight("embeddings.LayerNorm.weight"), g.weight("embeddings.LayerNorm.bias")),
+        g.const("ln_w", t["embeddings.LayerNorm.weight"]),
+        g.const("ln_b", t["embeddings.LayerNorm.bias"]),
         axis=-1,
         epsilon=encoder.eps,
     )
     mask = g.op("Cast", "attention_mask", to=TensorProto.INT32)  # padding keys get no attention
 
+    # The numpy encoder's layer weights: Q, K and V concatenated, each matrix stored (in, out).
     for i in range(encoder.n_layers):
-        layer, attention = f"encoder.layer.{i}", f"encoder.layer.{i}.attention"
-        qkv = [f"{attention}.self.{n}" for n in ("query", "key", "value")]
-        w_qkv = g.const(f"{attention}.qkv.weight", np.concatenate([t[f"{n}.weight"] for n in qkv]).T)
-        b_qkv = g.const(f"{attention}.qkv.bias", np.concatenate([t[f"{n}.bias"] for n in qkv]))
-        context = g.op("Attention", x, w_qkv, b_qkv, mask, domain=_MS, num_heads=encoder.heads)
-        dense, norm = f"{attention}.output.dense", f"{attention}.output.LayerNorm"
-        x = g.add_norm(g.matmul(context, dense), x, dense, norm, encoder.eps)
-        inner = f"{layer}.intermediate.dense"
-        hidden = g.op("BiasGelu", g.matmul(x, inner), g.weight(f"{inner}.bias"), domain=_MS)  # erf GELU
-        dense, norm = f"{layer}.output.dense", f"{layer}.output.LayerNorm"
-        x = g.add_norm(g.matmul(hidden, dense), x, dense, norm, encoder.eps)
+        layer = LayerWeights(t, f"encoder.layer.{i}")
+        w = {k: g.const(f"layer{i}.{k}", getattr(layer, k)) for k in LayerWeights.__slots__}
+        context = g.op("Attention", x, w["w_qkv"], w["b_qkv"], mask, domain=_MS, num_heads=encoder.heads)
+        attended = g.op("MatMul", context, w["w_o"])
+        x = g.skip_norm(attended, x, w["ln1_w"], w["ln1_b"], w["b_o"], encoder.eps)
+        hidden = g.op("BiasGelu", g.op("MatMul", x, w["w_in"]), w["b_in"], domain=_MS)  # exact erf GELU
+        x = g.skip_norm(
+            g.op("MatMul", hidden, w["w_out"]), x, w["ln2_w"], w["ln2_b"], w["b_out"], encoder.eps
+        )
     g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], "output"))
 
     graph = helper.make_graph(
