@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ConfigError
-from .embedders import INSTALL_HINT, Embedder, HttpEmbedder, LocalEmbedder
+from .embedders import INSTALL_HINT, Embedder, Encoder, HttpEmbedder, LocalEmbedder
 from .engine import LocalSemanticIndex
 from .redis_index import RedisSemanticIndex
 from .verify import Verifier
@@ -45,6 +45,7 @@ class EmbedderSettings(BaseModel):
 
     kind: Literal["local", "http"] = "local"
     model_dir: str | None = None  # local: a sentence-transformers BERT dir; None = the packaged MiniLM
+    encoder: Encoder = "auto"  # local: onnx when onnxruntime is installed, else numpy (embedders.py)
     # http: an OpenAI-compatible /v1/embeddings
     base_url: str | None = None  # e.g. https://api.openai.com/v1
     model: str | None = None  # e.g. text-embedding-3-small
@@ -73,7 +74,7 @@ class SemanticSettings(BaseModel):
 
 def build_embedder(settings: EmbedderSettings, env: Mapping[str, str] | None = None) -> Embedder:
     if settings.kind == "local":
-        return LocalEmbedder(settings.model_dir)
+        return LocalEmbedder(settings.model_dir, encoder=settings.encoder)
     if not settings.base_url or not settings.model:
         raise ConfigError("semantic cache: an http embedder needs `base_url` and `model`")
     key = settings.api_key

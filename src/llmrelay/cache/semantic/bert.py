@@ -1,11 +1,13 @@
-"""A sentence-transformers BERT encoder (all-MiniLM-L6-v2 and kin) run in numpy, without torch.
+"""A sentence-transformers BERT encoder (all-MiniLM-L6-v2 and kin) without torch.
 
-The forward pass is the 6-layer BERT of HF ``transformers`` written out in numpy: embeddings ->
-N x (self-attention + feed-forward, post-LayerNorm) -> mean pooling over real tokens -> L2 norm,
-which is what sentence-transformers' Transformer + Pooling(mean) + Normalize modules compute.
-``bench/semantic_cache.py check`` compares its vectors with sentence-transformers' (max abs diff).
-Weights are read from the model directory's ``model.safetensors``; the tokenizer is HF ``tokenizers``
-reading ``tokenizer.json``. Nothing is downloaded.
+``SentenceEncoder`` does what any runtime shares: tokenising (HF ``tokenizers`` reading
+``tokenizer.json``), batching by length, padding, mean pooling over real tokens, L2 norm.
+``BertEncoder`` runs the network in numpy: the 6-layer BERT of HF ``transformers`` written out
+(embeddings -> N x (self-attention + feed-forward, post-LayerNorm)), which is what
+sentence-transformers' Transformer + Pooling(mean) + Normalize modules compute; ``onnx_bert`` runs
+the same network on onnxruntime, faster. Weights are read from the model directory's
+``model.safetensors``. Nothing is downloaded. ``bench/semantic_cache.py check`` compares the
+vectors with sentence-transformers' (max abs diff).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return centred / np.sqrt(var + eps) * weight + bias
 
 
-class _Layer:
+class LayerWeights:
+    """One encoder layer's tensors as both runtimes use them: Q, K, V in one matrix, all (in, out)."""
+
     __slots__ = (
         "ln1_b",
         "ln1_w",
@@ -76,15 +80,20 @@ class _Layer:
         self.ln2_w, self.ln2_b = t[f"{p}.output.LayerNorm.weight"], t[f"{p}.output.LayerNorm.bias"]
 
 
-class BertEncoder:
-    """Mean-pooled, L2-normalised sentence vectors from a BERT sentence-transformers directory."""
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence vectors from a BERT sentence-transformers directory.
+
+    Owns what every runtime shares (config checks, tokenising, batching by length, padding,
+    pooling); a subclass runs the network: ``_forward(tokens, mask)`` -> last layer's states.
+    """
+
+    batch_size = 32  # texts per forward pass, sorted by length so padding wastes little
 
     def __init__(self, model_dir: str | Path) -> None:
-        from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
-        model_dir = Path(model_dir)
-        config = json.loads((model_dir / "config.json").read_text())
+        self.model_dir = model_dir = Path(model_dir)
+        self.config = config = json.loads((model_dir / "config.json").read_text())
         if config.get("model_type") != "bert" or config.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"{model_dir} is not a BERT model with GELU activations")
         st_config = _read_json(model_dir / "sentence_bert_config.json")
@@ -94,19 +103,19 @@ class BertEncoder:
         self.max_tokens = int(st_config.get("max_seq_length", 256))
         self.dim = int(config["hidden_size"])
         self.heads = int(config["num_attention_heads"])
+        self.n_layers = int(config["num_hidden_layers"])
         self.eps = float(config.get("layer_norm_eps", 1e-12))
 
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()  # padding is done here, per batch, to its longest text
         self.tokenizer.enable_truncation(self.max_tokens)
 
-        raw = load_file(str(model_dir / "model.safetensors"))
-        t = {k.removeprefix("bert."): v.astype(np.float32) for k, v in raw.items()}
-        self.word = t["embeddings.word_embeddings.weight"]
-        self.position = t["embeddings.position_embeddings.weight"]
-        self.token_type = t["embeddings.token_type_embeddings.weight"][0]
-        self.ln_w, self.ln_b = t["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.bias"]
-        self.layers = [_Layer(t, f"encoder.layer.{i}") for i in range(int(config["num_hidden_layers"]))]
+    def weights(self) -> dict[str, np.ndarray]:
+        """The checkpoint's tensors as float32, keyed without the ``bert.`` prefix."""
+        from safetensors.numpy import load_file
+
+        raw = load_file(str(self.model_dir / "model.safetensors"))
+        return {k.removeprefix("bert."): v.astype(np.float32) for k, v in raw.items()}
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
@@ -117,21 +126,38 @@ class BertEncoder:
         out = np.empty((len(texts), self.dim), np.float32)
         # Texts of similar length batched together waste little on padding.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), 32):
-            chunk = order[start : start + 32]
-            states, mask = self._forward([ids[i] for i in chunk])
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            rows = [ids[i] for i in chunk]
+            tokens = np.zeros((len(rows), max(len(x) for x in rows)), np.int64)
+            mask = np.zeros(tokens.shape, np.float32)
+            for i, row in enumerate(rows):
+                tokens[i, : len(row)] = row
+                mask[i, : len(row)] = 1.0
+            states = self._forward(tokens, mask)
             pooled = (states * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
             out[chunk] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return out
 
-    def _forward(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """The last layer's token states (batch, length, dim) and the padding mask."""
-        batch, length = len(ids), max(len(x) for x in ids)
-        tokens = np.zeros((batch, length), np.int64)
-        mask = np.zeros((batch, length), np.float32)
-        for i, row in enumerate(ids):
-            tokens[i, : len(row)] = row
-            mask[i, : len(row)] = 1.0
+    def _forward(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The last layer's token states (batch, length, dim) for padded ``tokens`` and their mask."""
+        raise NotImplementedError
+
+
+class BertEncoder(SentenceEncoder):
+    """The forward pass in numpy (the fallback: no runtime beyond numpy)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        super().__init__(model_dir)
+        t = self.weights()
+        self.word = t["embeddings.word_embeddings.weight"]
+        self.position = t["embeddings.position_embeddings.weight"]
+        self.token_type = t["embeddings.token_type_embeddings.weight"][0]
+        self.ln_w, self.ln_b = t["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.bias"]
+        self.layers = [LayerWeights(t, f"encoder.layer.{i}") for i in range(self.n_layers)]
+
+    def _forward(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        batch, length = tokens.shape
         # Dense layers run on (batch * length, dim) matrices: numpy hands 2-D products to BLAS
         # whole, while a 3-D @ 2-D product is several times slower.
         x = self.word[tokens.ravel()] + np.tile(self.position[:length], (batch, 1)) + self.token_type
@@ -151,7 +177,7 @@ class BertEncoder:
             x = _layer_norm(context @ layer.w_o + layer.b_o + x, layer.ln1_w, layer.ln1_b, self.eps)
             hidden = _gelu(x @ layer.w_in + layer.b_in)
             x = _layer_norm(hidden @ layer.w_out + layer.b_out + x, layer.ln2_w, layer.ln2_b, self.eps)
-        return x.reshape(batch, length, self.dim), mask
+        return x.reshape(batch, length, self.dim)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

