@@ -127,3 +127,22 @@ def test_without_onnxruntime_auto_falls_back_to_numpy() -> None:
     first, message = done.stdout.splitlines()
     assert abs(float(first) - REFERENCE_HEAD[0]) < 2e-6
     assert "needs onnxruntime" in message and "pip install 'llmrelay[semantic]'" in message
+
+
+def test_an_index_built_before_the_onnx_encoder_loads_does_not_crash() -> None:
+    # usearch's extension loaded before onnxruntime's made onnxruntime's import segfault (usearch
+    # 2.26, onnxruntime 1.32): a process that fills an HNSW index first, then embeds with onnx.
+    script = (
+        "from llmrelay.cache.semantic.index import usearch_index\n"
+        "usearch_index()  # what the index does when a scope grows into an HNSW graph\n"
+        "from llmrelay.cache.semantic import LocalEmbedder\n"
+        "e = LocalEmbedder(encoder='onnx')\n"
+        "print(e.encoder, float(e.encode_sync(['How do I reset my password?'])[0][0]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(llmrelay.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    encoder, head = done.stdout.split()
+    assert encoder == "onnx" and abs(float(head) - REFERENCE_HEAD[0]) < 2e-6
