@@ -46,7 +46,7 @@ import numpy as np
 
 from llmrelay.cache.semantic import LocalEmbedder, LocalSemanticIndex, Verifier
 from llmrelay.cache.semantic.embedders import Encoder
-from llmrelay.cache.semantic.index import Entry, _Partition, usearch_index
+from llmrelay.cache.semantic.index import Entry, _Partition
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE = Path(os.environ.get("LLMRELAY_BENCH_CACHE", "~/.cache/llmrelay-bench")).expanduser()
@@ -171,7 +171,7 @@ def synthetic(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def filled_index(embedder: LocalEmbedder, base: np.ndarray, texts: list[str], n: int) -> LocalSemanticIndex:
     """A LocalSemanticIndex whose one scope holds ``n`` entries in an HNSW graph (built once, saved)."""
-    Index = usearch_index()  # noqa: N806
+    from usearch.index import Index
 
     index = LocalSemanticIndex(embedder, verifier=Verifier(), max_entries=n + 1000)
     CACHE.mkdir(parents=True, exist_ok=True)

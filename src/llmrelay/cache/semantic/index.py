@@ -10,7 +10,6 @@ This class is synchronous and not thread-safe: the engines call it from the even
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import time
 from collections import OrderedDict
@@ -61,7 +60,7 @@ class _Partition:
             self._promote()
 
     def _promote(self) -> None:
-        Index = usearch_index()  # noqa: N806
+        from usearch.index import Index
 
         # i8 keeps the graph 4x smaller than f32 and measured fastest (bench/README.md); cosine on
         # unit vectors is the dot product the matrix form computes.
@@ -197,15 +196,3 @@ class ScopedIndex:
 
     def scope_sizes(self) -> dict[str, int]:
         return {scope: len(p) for scope, p in self._partitions.items()}
-
-
-def usearch_index() -> type:
-    """usearch's ``Index``, imported after onnxruntime when that is installed: the other way round,
-    onnxruntime's import crashes the process (a segfault in libstdc++, usearch 2.26 with
-    onnxruntime 1.32; tests/test_semantic_encoders.py)."""
-    with contextlib.suppress(ImportError):
-        import onnxruntime  # noqa: F401
-
-    from usearch.index import Index
-
-    return Index
