@@ -29,7 +29,7 @@ lease expired ``max_attempts`` times (it kills its workers) is failed by ``sweep
 ``idempotency_key``: given, a second ``enqueue`` with the same key by the same owner returns the
 first job instead of a new one. Not given, it is the job's id. Webhook deliveries carry it.
 
-One implementation of the queries (``SqlJobQueue``) over two databases (``db.py``): SQLite (the embedded default,
+One implementation of the queries (``JobQueue``) over two databases (``db.py``): SQLite (the embedded default,
 one file beside the call log, WAL, writes serialised by SQLite's own lock: ``BEGIN IMMEDIATE``) and
 PostgreSQL (claims with ``FOR UPDATE SKIP LOCKED``, so replicas and worker processes on several
 machines claim without waiting on each other). Why PostgreSQL rather than Redis streams:
@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from ulid import ULID
@@ -121,56 +121,6 @@ class TierStats:
     oldest_age_s: float  # of the oldest queued job; 0 when none
 
 
-class JobQueue(Protocol):
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def enqueue(
-        self,
-        kind: str,
-        payload: dict[str, Any],
-        *,
-        tier: str,
-        priority: int = 0,
-        owner_key_id: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Job: ...
-    async def enqueue_many(
-        self,
-        kind: str,
-        payloads: Sequence[dict[str, Any]],
-        *,
-        tier: str,
-        priority: int = 0,
-        owner_key_id: str | None = None,
-    ) -> list[Job]: ...
-    async def get(self, job_id: str) -> Job | None: ...
-    async def cancel(self, job_id: str) -> Job | None: ...
-    async def depth(self) -> dict[str, int]: ...
-    async def stats(self) -> dict[str, TierStats]: ...
-    async def list(
-        self,
-        *,
-        owner_key_id: str | None = None,
-        kind: str | None = None,
-        limit: int = 20,
-        after: str | None = None,
-    ) -> list[Job]: ...
-    async def claim(self, tiers: Sequence[str], *, worker: str, lease_s: float) -> Job | None: ...
-    async def heartbeat(self, job: Job, *, lease_s: float) -> bool: ...
-    async def finish(
-        self,
-        job: Job,
-        status: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        follow_up: Job | None = None,
-    ) -> bool: ...
-    async def retry(self, job: Job, *, delay_s: float, error: dict[str, Any] | None) -> bool: ...
-    async def release(self, job: Job) -> bool: ...
-    async def sweep(self, *, max_attempts: int, retention_s: float | None = None) -> int: ...
-
-
 # -- the queries -----------------------------------------------------------------------------------
 
 _COLUMNS = (
@@ -227,8 +177,8 @@ def _schema(json_type: str, real: str) -> str:
     """
 
 
-class SqlJobQueue:
-    """The queries, over a ``Database`` (placeholders written ``?``)."""
+class JobQueue:
+    """The queue: its queries, over a ``Database`` (placeholders written ``?``)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -439,7 +389,7 @@ class SqlJobQueue:
         return changed[0] + changed[1]
 
 
-class SqliteJobQueue(SqlJobQueue):
+class SqliteJobQueue(JobQueue):
     """One file in WAL mode, its connection on one thread of our own: the event loop never waits on
     the disk. Several processes (the gateway and ``llmrelay worker`` processes on one machine) share
     the file: SQLite's write lock serialises their claims."""
@@ -459,7 +409,7 @@ class SqliteJobQueue(SqlJobQueue):
         )
 
 
-class PostgresJobQueue(SqlJobQueue):
+class PostgresJobQueue(JobQueue):
     """Jobs in PostgreSQL: claims take the next row with ``FOR UPDATE SKIP LOCKED``, so workers on
     many machines claim different jobs without waiting on each other's row locks."""
 
@@ -543,7 +493,6 @@ __all__ = [
     "Job",
     "JobQueue",
     "PostgresJobQueue",
-    "SqlJobQueue",
     "SqliteJobQueue",
     "TierStats",
     "new_job",
