@@ -15,7 +15,7 @@ the master key, and everyone on a gateway without keys, sees all.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..asgi import Receive, Scope, Send, read_body, request_headers, send_json
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
@@ -110,7 +110,7 @@ class JobsRoutes:
             raise
         check_model(key, parsed.model)
         webhook = check_webhook(payload.get("webhook"))
-        metadata = _metadata(payload.get("metadata"))
+        metadata = openai_format.check_metadata(payload.get("metadata"))
         idempotency_key = headers.get("idempotency-key") or None
         if idempotency_key is not None and len(idempotency_key) > 255:
             raise InvalidRequestError(
@@ -144,24 +144,6 @@ class JobsRoutes:
 def _owner_filter(key: VirtualKey | None) -> str | None:
     """Whose jobs the caller sees: a virtual key its own; the master key (and an open gateway) all."""
     return None if key is None or key.admin else key.id
-
-
-def _metadata(value: Any) -> dict[str, str] | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, dict)
-        or len(value) > 16
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in value.items()
-        )
-    ):
-        raise InvalidRequestError(
-            "metadata must be an object of at most 16 string values (keys up to 64 characters, values up to 512).",
-            param="metadata",
-        )
-    return value
 
 
 __all__ = ["PREFIX", "JobsRoutes"]
