@@ -119,7 +119,13 @@ class PermissionDeniedError(GatewayError):
 
 
 class _RetryAfter:
+    """An error that tells the client when to try again (the Retry-After header)."""
+
     retry_after: float | None
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)  # type: ignore[call-arg]  # GatewayError's, next in the MRO
+        self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
@@ -132,10 +138,6 @@ class RateLimitError(_RetryAfter, GatewayError):
     openai_type = "rate_limit_error"
     anthropic_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
 
 
 class BudgetExceeded(RateLimitError):
@@ -151,10 +153,6 @@ class QueueTimeout(_RetryAfter, GatewayError):
     status = 503
     anthropic_type = "overloaded_error"
     default_code = "queue_timeout"
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
 
 
 class QueueFull(QueueTimeout):
@@ -239,10 +237,6 @@ class UpstreamRateLimited(_RetryAfter, UpstreamError):
     openai_type = "rate_limit_error"
     anthropic_type = "rate_limit_error"
     default_code = "upstream_rate_limited"
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -24,6 +24,7 @@ from ulid import ULID
 
 from ..errors import ConfigError, GatewayError, InvalidRequestError, NotFoundError
 from ..keys.service import check_model
+from ..providers import openai_format
 from . import output
 from .accounting import Accountant
 from .forward import Outcome, upstream_for
@@ -404,19 +405,7 @@ def _batch_fields(payload: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
     window = payload.get("completion_window", "24h")
     if window != "24h":
         raise InvalidRequestError("'completion_window' must be '24h'.", param="completion_window")
-    metadata = payload.get("metadata") or {}
-    if (
-        not isinstance(metadata, dict)
-        or len(metadata) > 16
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in metadata.items()
-        )
-    ):
-        raise InvalidRequestError(
-            "'metadata' must be up to 16 string pairs (keys up to 64 characters, values up to 512).",
-            param="metadata",
-        )
+    metadata = openai_format.check_metadata(payload.get("metadata")) or {}
     return str(endpoint), window, metadata
 
 

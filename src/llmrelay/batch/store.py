@@ -1,7 +1,7 @@
 """Files and batches, durably: the tables of ``schema.py`` in the call log's database (SQLite in the
 call-log directory by default; PostgreSQL, shared by every replica, when ``calllog.store`` is one).
 
-The SQL runs on the key store's drivers (``keys/store.py``: one SQLite thread, or an asyncpg pool),
+The SQL runs on the call log's ``Database`` (``db.py``: one SQLite thread, or an asyncpg pool),
 opened on the same URL: one database, one way to reach it. Owners are key ids; every read and write
 a client asks for names its owner, so one key never sees another's files or batches.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..keys.store import KeyStore, open_key_store
+from ..db import Database, calllog_database
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -123,12 +123,12 @@ _SELECT_FILE = f"SELECT {', '.join(_FILE_COLUMNS)} FROM batch_files"
 
 
 class BatchStore:
-    def __init__(self, db: KeyStore) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     @classmethod
     def beside_calllog(cls, url: str, directory: Path) -> BatchStore:
-        return cls(open_key_store(url, directory))
+        return cls(calllog_database(url, directory))
 
     async def open(self) -> None:
         await self.db.open()
@@ -140,30 +140,30 @@ class BatchStore:
 
     async def add_file(self, record: FileRecord, content: bytes) -> None:
         names = (*_FILE_COLUMNS, "content")
-        await self.db._execute(
+        await self.db.execute(
             f"INSERT INTO batch_files ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
             (*(getattr(record, n) for n in _FILE_COLUMNS), content),
         )
 
     async def get_file(self, owner: str, file_id: str) -> FileRecord | None:
-        rows = await self.db._fetch(_SELECT_FILE + " WHERE id = ? AND owner = ?", (file_id, owner))
+        rows = await self.db.fetch(_SELECT_FILE + " WHERE id = ? AND owner = ?", (file_id, owner))
         return FileRecord(*rows[0]) if rows else None
 
     async def file_content(self, owner: str, file_id: str) -> bytes | None:
-        rows = await self.db._fetch(
+        rows = await self.db.fetch(
             "SELECT content FROM batch_files WHERE id = ? AND owner = ?", (file_id, owner)
         )
         return bytes(rows[0][0]) if rows else None
 
     async def delete_file(self, owner: str, file_id: str) -> bool:
         return bool(
-            await self.db._execute("DELETE FROM batch_files WHERE id = ? AND owner = ?", (file_id, owner))
+            await self.db.execute("DELETE FROM batch_files WHERE id = ? AND owner = ?", (file_id, owner))
         )
 
     async def file_in_use(self, file_id: str) -> bool:
         """Whether an unfinished batch reads this file (a forwarded one reads it again at the end)."""
         marks = ", ".join("?" * len(FINAL))
-        rows = await self.db._fetch(
+        rows = await self.db.fetch(
             f"SELECT 1 FROM batches WHERE input_file_id = ? AND status NOT IN ({marks}) LIMIT 1",
             (file_id, *FINAL),
         )
@@ -184,7 +184,7 @@ class BatchStore:
     # -- batches -----------------------------------------------------------------------------------
 
     async def add_batch(self, record: BatchRecord) -> None:
-        await self.db._execute(
+        await self.db.execute(
             f"INSERT INTO batches ({', '.join(_BATCH_COLUMNS)}) VALUES ({', '.join('?' * len(_BATCH_COLUMNS))})",
             [_encode(name, getattr(record, name)) for name in _BATCH_COLUMNS],
         )
@@ -192,9 +192,9 @@ class BatchStore:
     async def get_batch(self, batch_id: str, owner: str | None = None) -> BatchRecord | None:
         """The batch, if ``owner`` owns it (``None``: whoever does; for workers, not clients)."""
         if owner is None:
-            rows = await self.db._fetch(_SELECT_BATCH + " WHERE id = ?", (batch_id,))
+            rows = await self.db.fetch(_SELECT_BATCH + " WHERE id = ?", (batch_id,))
         else:
-            rows = await self.db._fetch(_SELECT_BATCH + " WHERE id = ? AND owner = ?", (batch_id, owner))
+            rows = await self.db.fetch(_SELECT_BATCH + " WHERE id = ? AND owner = ?", (batch_id, owner))
         return _batch(rows[0]) if rows else None
 
     async def list_batches(
@@ -214,7 +214,7 @@ class BatchStore:
         if when:
             sql += f" AND status IN ({', '.join('?' * len(when))})"
             args += list(when)
-        return bool(await self.db._execute(sql, args))
+        return bool(await self.db.execute(sql, args))
 
     async def claim_finalize(self, batch_id: str, *, require_done: bool) -> BatchRecord | None:
         """Take the job of ending the batch (once: the first caller wins): ``finalizing_at`` set,
@@ -227,13 +227,13 @@ class BatchStore:
         )
         if require_done:
             sql += " AND completed + failed + skipped >= total"
-        if not await self.db._execute(sql, (time.time(), batch_id)):
+        if not await self.db.execute(sql, (time.time(), batch_id)):
             return None
         return await self.get_batch(batch_id)
 
     async def stale_finalizing(self, older_than: float) -> list[BatchRecord]:
         """Batches whose finalizer died (a crash between claim and end): to be ended again."""
-        rows = await self.db._fetch(
+        rows = await self.db.fetch(
             _SELECT_BATCH + " WHERE status IN ('finalizing', 'cancelling') AND finalizing_at < ?",
             (older_than,),
         )
@@ -241,7 +241,7 @@ class BatchStore:
 
     async def due_polls(self, before: float) -> list[BatchRecord]:
         """Forwarded batches still running upstream, last polled before ``before``."""
-        rows = await self.db._fetch(
+        rows = await self.db.fetch(
             _SELECT_BATCH + " WHERE mode = 'provider' AND status IN ('in_progress', 'cancelling')"
             " AND finalizing_at IS NULL AND (polled_at IS NULL OR polled_at < ?)",
             (before,),
@@ -260,7 +260,7 @@ class BatchStore:
                 "UPDATE batches SET polled_at = ? WHERE id = ? AND polled_at = ?",
                 (now, record.id, record.polled_at),
             )
-        return bool(await self.db._execute(sql, args))
+        return bool(await self.db.execute(sql, args))
 
     # -- finished requests -------------------------------------------------------------------------
 
@@ -268,7 +268,7 @@ class BatchStore:
         """(batch id, index, outcome, output line, cost): a request already stored stays as it was
         (and is not counted again)."""
         if rows:
-            await self.db._execute_many(
+            await self.db.execute_many(
                 "INSERT INTO batch_items (batch_id, idx, outcome, line, cost_usd) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (batch_id, idx) DO NOTHING",
                 rows,
@@ -276,7 +276,7 @@ class BatchStore:
 
     async def items(self, batch_id: str) -> list[tuple[int, int, str, str | None]]:
         """(index, outcome, line, cost) of every finished request, in input order."""
-        rows = await self.db._fetch(
+        rows = await self.db.fetch(
             "SELECT idx, outcome, line, cost_usd FROM batch_items WHERE batch_id = ? ORDER BY idx",
             (batch_id,),
         )
@@ -301,7 +301,7 @@ class BatchStore:
             args = [*args, after]
         order = "DESC" if newest_first else "ASC"
         sql = f"{select} WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
-        return await self.db._fetch(sql, [*args, limit + 1])
+        return await self.db.fetch(sql, [*args, limit + 1])
 
 
 def _encode(name: str, value: Any) -> Any:

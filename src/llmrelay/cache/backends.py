@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import CacheSettings
 from ..errors import ConfigError
+from ..redis_client import redis_client
 from .base import CacheBackend
 
 if TYPE_CHECKING:
@@ -140,25 +141,11 @@ class RedisBackend:
     pointed at the same Redis shares them."""
 
     def __init__(self, url: str, *, prefix: str = "llmrelay:cache:", timeout_s: float = 0.5) -> None:
-        try:
-            from redis.asyncio import from_url
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError:
-            raise ConfigError(
-                "cache.backend is redis but the redis package is missing: pip install 'llmrelay[redis]'"
-            ) from None
         self.prefix = prefix
-        try:
-            # Short timeouts and no retries: a slow Redis is a cache miss, not a slow request.
-            self._redis: Redis = from_url(
-                url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"Invalid Redis URL for the cache: {exc}") from None
+        # A slow Redis is a cache miss, not a slow request. Values are bytes: no decoding.
+        self._redis: Redis = redis_client(
+            url, timeout_s=timeout_s, what="the cache (cache.backend)", decode_responses=False
+        )
 
     async def get(self, key: str) -> bytes | None:
         value = await self._redis.get(self.prefix + key)

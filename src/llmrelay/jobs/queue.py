@@ -29,7 +29,7 @@ lease expired ``max_attempts`` times (it kills its workers) is failed by ``sweep
 ``idempotency_key``: given, a second ``enqueue`` with the same key by the same owner returns the
 first job instead of a new one. Not given, it is the job's id. Webhook deliveries carry it.
 
-One implementation of the queries (``SqlJobQueue``) over two drivers: SQLite (the embedded default,
+One implementation of the queries (``JobQueue``) over two databases (``db.py``): SQLite (the embedded default,
 one file beside the call log, WAL, writes serialised by SQLite's own lock: ``BEGIN IMMEDIATE``) and
 PostgreSQL (claims with ``FOR UPDATE SKIP LOCKED``, so replicas and worker processes on several
 machines claim without waiting on each other). Why PostgreSQL rather than Redis streams:
@@ -38,20 +38,17 @@ docs/jobs.md.
 
 from __future__ import annotations
 
-import asyncio
-import re
-import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from ulid import ULID
 
-from ..errors import ConfigError
+from ..db import Database, PostgresDatabase, SqliteDatabase, Steps, sqlite_path
+from ..observability.migrations import Migrations
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -124,56 +121,6 @@ class TierStats:
     oldest_age_s: float  # of the oldest queued job; 0 when none
 
 
-class JobQueue(Protocol):
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def enqueue(
-        self,
-        kind: str,
-        payload: dict[str, Any],
-        *,
-        tier: str,
-        priority: int = 0,
-        owner_key_id: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Job: ...
-    async def enqueue_many(
-        self,
-        kind: str,
-        payloads: Sequence[dict[str, Any]],
-        *,
-        tier: str,
-        priority: int = 0,
-        owner_key_id: str | None = None,
-    ) -> list[Job]: ...
-    async def get(self, job_id: str) -> Job | None: ...
-    async def cancel(self, job_id: str) -> Job | None: ...
-    async def depth(self) -> dict[str, int]: ...
-    async def stats(self) -> dict[str, TierStats]: ...
-    async def list(
-        self,
-        *,
-        owner_key_id: str | None = None,
-        kind: str | None = None,
-        limit: int = 20,
-        after: str | None = None,
-    ) -> list[Job]: ...
-    async def claim(self, tiers: Sequence[str], *, worker: str, lease_s: float) -> Job | None: ...
-    async def heartbeat(self, job: Job, *, lease_s: float) -> bool: ...
-    async def finish(
-        self,
-        job: Job,
-        status: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        follow_up: Job | None = None,
-    ) -> bool: ...
-    async def retry(self, job: Job, *, delay_s: float, error: dict[str, Any] | None) -> bool: ...
-    async def release(self, job: Job) -> bool: ...
-    async def sweep(self, *, max_attempts: int, retention_s: float | None = None) -> int: ...
-
-
 # -- the queries -----------------------------------------------------------------------------------
 
 _COLUMNS = (
@@ -230,34 +177,19 @@ def _schema(json_type: str, real: str) -> str:
     """
 
 
-class SqlJobQueue:
-    """The queries, over a driver's ``_fetch`` / ``_execute`` (placeholders written ``?``)."""
+class JobQueue:
+    """The queue: its queries, over a ``Database`` (placeholders written ``?``)."""
 
-    _lock_clause = ""  # FOR UPDATE SKIP LOCKED where the database has it
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # FOR UPDATE SKIP LOCKED where the database has it (SQLite's write lock serialises claims).
+        self._lock_clause = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
 
     async def open(self) -> None:
-        raise NotImplementedError
+        await self.db.open()
 
     async def close(self) -> None:
-        raise NotImplementedError
-
-    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        raise NotImplementedError
-
-    async def _write_fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """A write that returns rows (``UPDATE ... RETURNING``)."""
-        return await self._fetch(sql, args)
-
-    async def _transaction(
-        self, steps: list[tuple[str, Sequence[Any]]], *, guarded: bool = False, durable: bool = False
-    ) -> list[int]:
-        """Run statements in one transaction; the rows each changed. ``guarded``: when the first
-        changes nothing, the transaction stops there and is rolled back. ``durable``: committed
-        only once on disk (submissions: the client was told its job exists)."""
-        raise NotImplementedError
+        await self.db.close()
 
     # -- submitting --------------------------------------------------------------------------------
 
@@ -280,10 +212,10 @@ class SqlJobQueue:
             idempotency_key=idempotency_key,
         )
         dedupe = _dedupe(owner_key_id, idempotency_key)
-        [inserted] = await self._transaction([(_INSERT, _row(job, dedupe))], durable=True)
+        [inserted] = await self.db.transaction([(_INSERT, _row(job, dedupe))], durable=True)
         if inserted or dedupe is None:
             return job
-        rows = await self._fetch(_SELECT + " WHERE dedupe = ?", (dedupe,))
+        rows = await self.db.fetch(_SELECT + " WHERE dedupe = ?", (dedupe,))
         return _job(rows[0])  # the job this key already made
 
     async def enqueue_many(
@@ -298,13 +230,13 @@ class SqlJobQueue:
         """Many jobs in one transaction (a batch's items)."""
         jobs = [new_job(kind, p, tier=tier, priority=priority, owner_key_id=owner_key_id) for p in payloads]
         if jobs:
-            await self._transaction([(_INSERT, _row(job, None)) for job in jobs], durable=True)
+            await self.db.transaction([(_INSERT, _row(job, None)) for job in jobs], durable=True)
         return jobs
 
     # -- reading -----------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
-        rows = await self._fetch(_SELECT + " WHERE id = ?", (job_id,))
+        rows = await self.db.fetch(_SELECT + " WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
     async def list(
@@ -326,14 +258,14 @@ class SqlJobQueue:
             where.append("id < ?")
             args.append(after)
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
-        return [_job(row) for row in await self._fetch(sql, (*args, limit))]
+        return [_job(row) for row in await self.db.fetch(sql, (*args, limit))]
 
     async def depth(self) -> dict[str, int]:
         return {tier: s.depth for tier, s in (await self.stats()).items()}
 
     async def stats(self) -> dict[str, TierStats]:
         """Per tier: queued jobs, running jobs, age of the oldest queued one."""
-        rows = await self._fetch(
+        rows = await self.db.fetch(
             "SELECT tier, status, COUNT(*), MIN(created) FROM jobs"
             " WHERE status IN ('queued', 'running') GROUP BY tier, status"
         )
@@ -356,7 +288,7 @@ class SqlJobQueue:
         """Cancel a queued or running job (its worker notices at its next heartbeat); a finished
         job stays as it is. None if there is no such job."""
         now = time.time()
-        await self._execute(
+        await self.db.execute(
             "UPDATE jobs SET status = 'cancelled', updated = ?, finished = ?, lease = NULL"
             " WHERE id = ? AND status IN ('queued', 'running')",
             (now, now, job_id),
@@ -369,12 +301,12 @@ class SqlJobQueue:
         now = time.time()
         token = ULID().hex
         sql = _CLAIM.format(tiers=", ".join("?" * len(tiers)), lock=self._lock_clause)
-        rows = await self._write_fetch(sql, (token, now + lease_s, worker, now, now, *tiers, now))
+        rows = await self.db.write_fetch(sql, (token, now + lease_s, worker, now, now, *tiers, now))
         return _job(rows[0]) if rows else None
 
     async def heartbeat(self, job: Job, *, lease_s: float) -> bool:
         until = time.time() + lease_s
-        changed = await self._execute("UPDATE jobs SET lease_until = ?" + _HELD, (until, job.id, job.lease))
+        changed = await self.db.execute("UPDATE jobs SET lease_until = ?" + _HELD, (until, job.id, job.lease))
         if changed:
             job.lease_until = until
         return bool(changed)
@@ -393,7 +325,7 @@ class SqlJobQueue:
         if status not in FINAL:
             raise ValueError(f"finish() takes a final status, not {status!r}")
         now = time.time()
-        steps: list[tuple[str, Sequence[Any]]] = [
+        steps: Steps = [
             (
                 "UPDATE jobs SET status = ?, result = ?, error = ?, updated = ?, finished = ?, lease = NULL"
                 + _HELD,
@@ -402,7 +334,7 @@ class SqlJobQueue:
         ]
         if follow_up is not None:
             steps.append((_INSERT, _row(follow_up, None)))
-        changed = await self._transaction(steps, guarded=True)
+        changed = await self.db.transaction(steps, guarded=True)
         if not changed[0]:
             return False  # (the follow-up was not stored)
         job.status, job.result, job.error, job.finished, job.lease = status, result, error, now, None
@@ -411,7 +343,7 @@ class SqlJobQueue:
     async def retry(self, job: Job, *, delay_s: float, error: dict[str, Any] | None) -> bool:
         """Back to the queue, claimable in ``delay_s`` (a failed webhook delivery, an upstream 429)."""
         now = time.time()
-        changed = await self._execute(
+        changed = await self.db.execute(
             "UPDATE jobs SET status = 'queued', run_after = ?, error = ?, updated = ?, lease = NULL,"
             " lease_until = NULL" + _HELD,
             (now + delay_s, _dump(error), now, job.id, job.lease),
@@ -422,7 +354,7 @@ class SqlJobQueue:
         """Give a claimed job back untouched (a worker shutting down): claimable at once, and
         this claim does not count as an attempt."""
         now = time.time()
-        changed = await self._execute(
+        changed = await self.db.execute(
             "UPDATE jobs SET status = 'queued', attempts = attempts - 1, updated = ?, lease = NULL,"
             " lease_until = NULL" + _HELD,
             (now, job.id, job.lease),
@@ -437,7 +369,7 @@ class SqlJobQueue:
         lost = {"message": "Its worker stopped (its lease expired) on every attempt.", "type": "api_error",
                 "param": None, "code": "worker_lost"}  # fmt: skip
         expired = "status = 'running' AND lease_until < ?"
-        steps: list[tuple[str, Sequence[Any]]] = [
+        steps: Steps = [
             (
                 "UPDATE jobs SET status = 'failed', error = ?, updated = ?, finished = ?, lease = NULL"
                 f" WHERE {expired} AND lost + 1 >= ?",
@@ -453,217 +385,50 @@ class SqlJobQueue:
             steps.append(
                 ("DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?", (now - retention_s,))
             )
-        changed = await self._transaction(steps)
+        changed = await self.db.transaction(steps)
         return changed[0] + changed[1]
 
 
-# -- SQLite ----------------------------------------------------------------------------------------
-
-
-class SqliteJobQueue(SqlJobQueue):
-    """One file in WAL mode, its connection on one thread of our own (the call store's pattern):
-    the event loop never waits on the disk. Several processes (the gateway and ``llmrelay worker``
-    processes on one machine) share the file: SQLite's write lock serialises their claims."""
+class SqliteJobQueue(JobQueue):
+    """One file in WAL mode, its connection on one thread of our own: the event loop never waits on
+    the disk. Several processes (the gateway and ``llmrelay worker`` processes on one machine) share
+    the file: SQLite's write lock serialises their claims."""
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
-        self.busy_timeout_s = busy_timeout_s
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
-
-    async def open(self) -> None:
-        if self._executor is None:
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrelay-jobs")
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, self._open)
-            except BaseException:
-                executor.shutdown(wait=False)
-                raise
-            self._executor = executor
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, self._close)
-            finally:
-                executor.shutdown(wait=True)
-
-    def _open(self) -> None:
-        from ..observability.migrations import Migrations, apply_sqlite
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL: no fsync per commit. A power cut (not a killed process) may lose the last
-            # commits; FULL would cost an fsync per claim and per finish.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            apply_sqlite(conn, Migrations("sqlite", [("jobs_001", _schema("TEXT", "REAL"))]))
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    async def _run(self, fn: Callable[[], Any]) -> Any:
-        if self._executor is None:
-            raise RuntimeError("SqliteJobQueue is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await self._run(lambda: self._db.execute(sql, tuple(args)).fetchall())
-
-    # Writes take the write lock up front (BEGIN IMMEDIATE): a statement that reads first and
-    # upgrades later can meet another process's write and fail at once instead of waiting.
-    async def _write_fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await self._run(
-            lambda: self._in_transaction(lambda db: db.execute(sql, tuple(args)).fetchall())
+        # synchronous=NORMAL: no fsync per commit. A power cut (not a killed process) may lose the
+        # last commits; FULL would cost an fsync per claim and per finish.
+        super().__init__(
+            SqliteDatabase(
+                self.path,
+                migrations=Migrations("sqlite", [("jobs_001", _schema("TEXT", "REAL"))]),
+                busy_timeout_s=busy_timeout_s,
+                synchronous="NORMAL",
+                label="SqliteJobQueue",
+            )
         )
 
-    async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return await self._run(lambda: self._in_transaction(lambda db: db.execute(sql, tuple(args)).rowcount))
 
-    async def _transaction(
-        self, steps: list[tuple[str, Sequence[Any]]], *, guarded: bool = False, durable: bool = False
-    ) -> list[int]:
-        # ``durable`` changes nothing here: WAL with synchronous=NORMAL survives a killed process
-        # (not a power cut) for every commit alike.
-        def run(db: sqlite3.Connection) -> list[int]:
-            counts = []
-            for sql, args in steps:
-                counts.append(db.execute(sql, tuple(args)).rowcount)
-                if guarded and counts[0] == 0:
-                    raise _Rollback(counts)
-            return counts
-
-        try:
-            return await self._run(lambda: self._in_transaction(run))
-        except _Rollback as rolled:
-            return rolled.counts
-
-    def _in_transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(db)
-            db.execute("COMMIT")
-            return out
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
-
-
-class _Rollback(Exception):
-    """A transaction whose first (guarding) update matched nothing: undo the rest."""
-
-    def __init__(self, counts: list[int]) -> None:
-        self.counts = counts
-
-
-# -- PostgreSQL ------------------------------------------------------------------------------------
-
-_MARK = re.compile(r"\?")
-
-
-def _numbered(sql: str) -> str:
-    counter = iter(range(1, 10_000))
-    return _MARK.sub(lambda _: f"${next(counter)}", sql)
-
-
-class PostgresJobQueue(SqlJobQueue):
+class PostgresJobQueue(JobQueue):
     """Jobs in PostgreSQL: claims take the next row with ``FOR UPDATE SKIP LOCKED``, so workers on
     many machines claim different jobs without waiting on each other's row locks."""
 
-    _lock_clause = " FOR UPDATE SKIP LOCKED"
-
     def __init__(self, dsn: str, *, pool_max: int = 8, connect_timeout: float = 10.0) -> None:
-        self.dsn = dsn
-        self.pool_max = pool_max
-        self.connect_timeout = connect_timeout
-        self._pool: Any = None
-
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        try:
-            import asyncpg
-        except ImportError:
-            raise ConfigError(
-                "jobs.queue is PostgreSQL but asyncpg is not installed: pip install 'llmrelay[postgres]'"
-            ) from None
-        from ..observability.postgres_store import PostgresUnavailable, apply_migrations, dsn_host
-
-        try:
-            conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise PostgresUnavailable(f"cannot connect to PostgreSQL at {dsn_host(self.dsn)}: {exc}") from exc
-        try:
-            await apply_migrations(conn, [("jobs_0001", _schema("JSONB", "DOUBLE PRECISION"))])
-        finally:
-            await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self.dsn,
-            min_size=1,
-            max_size=self.pool_max,
-            timeout=self.connect_timeout,
-            command_timeout=30,
-            init=_json_codecs,
-            # Claims, heartbeats and results commit without waiting for the WAL's fsync (~4.5 ms
-            # a commit on this machine's disk, bench/job_queue.py): a database crash can only
-            # undo the last ones, and an undone claim or result just runs the job again, which
-            # at-least-once allows. Submissions wait (``durable``): a 202 means the job is kept.
-            server_settings={"synchronous_commit": "off"},
+        super().__init__(
+            PostgresDatabase(
+                dsn,
+                migrations=[("jobs_0001", _schema("JSONB", "DOUBLE PRECISION"))],
+                pool_max=pool_max,
+                connect_timeout=connect_timeout,
+                init=_json_codecs,
+                # Claims, heartbeats and results commit without waiting for the WAL's fsync (~4.5 ms
+                # a commit on this machine's disk, bench/job_queue.py): a database crash can only
+                # undo the last ones, and an undone claim or result just runs the job again, which
+                # at-least-once allows. Submissions wait (``durable``): a 202 means the job is kept.
+                server_settings={"synchronous_commit": "off"},
+                label="jobs.queue",
+            )
         )
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    @property
-    def pool(self) -> Any:
-        if self._pool is None:
-            raise RuntimeError("PostgresJobQueue is not open")
-        return self._pool
-
-    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await self.pool.fetch(_numbered(sql), *args)]
-
-    async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return _count(await self.pool.execute(_numbered(sql), *args))
-
-    async def _transaction(
-        self, steps: list[tuple[str, Sequence[Any]]], *, guarded: bool = False, durable: bool = False
-    ) -> list[int]:
-        async with self.pool.acquire() as conn:
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                if durable:
-                    await conn.execute("SET LOCAL synchronous_commit = on")
-                counts = []
-                for sql, args in steps:
-                    counts.append(_count(await conn.execute(_numbered(sql), *args)))
-                    if guarded and counts[0] == 0:
-                        await tx.rollback()
-                        return counts
-                await tx.commit()
-                return counts
-            except BaseException:
-                await tx.rollback()
-                raise
 
 
 async def _json_codecs(conn: Any) -> None:
@@ -671,18 +436,10 @@ async def _json_codecs(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=lambda v: v, decoder=lambda v: v, schema="pg_catalog")
 
 
-def _count(status: str) -> int:
-    return int(status.split()[-1])  # "UPDATE <n>", "INSERT 0 <n>", "DELETE <n>"
-
-
 def open_queue(url: str, directory: Path) -> JobQueue:
     """``sqlite:///jobs.db`` (relative paths under ``directory``, the call log's) or ``postgresql://...``."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresJobQueue(url)
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :]).expanduser()
-        return SqliteJobQueue(path if path.is_absolute() else Path(directory).expanduser() / path)
-    raise ConfigError(f"jobs.queue must be sqlite:///<path> or postgresql://...; got {url!r}")
+    path = sqlite_path(url, directory, setting="jobs.queue")
+    return PostgresJobQueue(url) if path is None else SqliteJobQueue(path)
 
 
 # -- rows ------------------------------------------------------------------------------------------
@@ -736,7 +493,6 @@ __all__ = [
     "Job",
     "JobQueue",
     "PostgresJobQueue",
-    "SqlJobQueue",
     "SqliteJobQueue",
     "TierStats",
     "new_job",

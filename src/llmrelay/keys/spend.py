@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
 
+from ..redis_client import redis_client
 from .store import KeyStore
 
 log = logging.getLogger(__name__)
@@ -172,24 +173,8 @@ return 0
 
 class RedisCounters:
     def __init__(self, redis_url: str, prefix: str, *, timeout_s: float = 0.5) -> None:
-        try:
-            from redis.asyncio import from_url
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError:  # pragma: no cover - the redis extra
-            from ..errors import ConfigError
-
-            raise ConfigError(
-                "Budgets with redis_url need the redis package: pip install 'llmrelay[redis]'"
-            ) from None
         self.prefix = prefix
-        self._redis: Any = from_url(
-            redis_url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis: Any = redis_client(redis_url, timeout_s=timeout_s, what="budgets (redis_url)")
         self._reserve = self._redis.register_script(_RESERVE)
         self._add = self._redis.register_script(_ADD)
         self._warned = 0.0

@@ -1,19 +1,14 @@
 """The key store: virtual keys (hashed) and budget spend, in the call log's database.
 
-One implementation of the queries (``KeyStore``) over two drivers: SQLite on a worker thread of its
-own (the call store's pattern, ``sqlite_store.py``) and PostgreSQL through asyncpg. The tables are a
-migration in each call store's list (``schema.py``), so opening a key store first migrates the
-database exactly as the call log would.
+One implementation of the queries (``KeyStore``) over the call log's database (``db.py``: SQLite on a
+thread of its own, or an asyncpg pool). The tables are a migration in each call store's list
+(``schema.py``), so opening a key store first migrates the database exactly as the call log would.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..config import GuardrailPolicy
+from ..db import Database, calllog_postgres, calllog_sqlite, sqlite_path
 from ..errors import ConfigError
 from ..guardrails.policy import as_json
 from .hashing import same_hash
@@ -88,31 +84,24 @@ class KeyRecord:
 
 
 class KeyStore:
-    """The queries, over ``_fetch`` / ``_execute`` of a driver (placeholders written ``?``)."""
+    """The queries, over the call log's ``Database`` (placeholders written ``?``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def open(self) -> None:
-        raise NotImplementedError
+        await self.db.open()
 
     async def close(self) -> None:
-        raise NotImplementedError
-
-    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        """Run one statement; the number of rows it changed."""
-        raise NotImplementedError
-
-    async def _execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
-        raise NotImplementedError
+        await self.db.close()
 
     # -- keys --------------------------------------------------------------------------------------
 
     async def create(self, record: KeyRecord) -> None:
-        await self._execute(_INSERT, _row(record))
+        await self.db.execute(_INSERT, _row(record))
 
     async def by_hash(self, secret_hash: str) -> KeyRecord | None:
-        rows = await self._fetch(_SELECT + " WHERE secret_hash = ?", (secret_hash,))
+        rows = await self.db.fetch(_SELECT + " WHERE secret_hash = ?", (secret_hash,))
         if not rows:
             return None
         record = _record(rows[0])
@@ -121,16 +110,16 @@ class KeyStore:
         return record if same_hash(record.secret_hash, secret_hash) else None
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        rows = await self._fetch(_SELECT + " WHERE id = ?", (key_id,))
+        rows = await self.db.fetch(_SELECT + " WHERE id = ?", (key_id,))
         return _record(rows[0]) if rows else None
 
     async def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        return [_record(row) for row in await self._fetch(_SELECT + where + " ORDER BY created_at, id")]
+        return [_record(row) for row in await self.db.fetch(_SELECT + where + " ORDER BY created_at, id")]
 
     async def rotate(self, key_id: str, secret_hash: str, hint: str) -> KeyRecord | None:
         """A new secret for an active key: the old one stops working. None if no such active key."""
-        changed = await self._execute(
+        changed = await self.db.execute(
             "UPDATE api_keys SET secret_hash = ?, hint = ?, rotated_at = ? WHERE id = ? AND revoked_at IS NULL",
             (secret_hash, hint, time.time(), key_id),
         )
@@ -138,7 +127,7 @@ class KeyStore:
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
         """Revoke a key (again is fine: the first time stands). None if there is no such key."""
-        await self._execute(
+        await self.db.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
         )
         return await self.get(key_id)
@@ -149,7 +138,7 @@ class KeyStore:
         records = list(records)
         for record in records:
             try:
-                await self._execute(_SEED, _row(record))
+                await self.db.execute(_SEED, _row(record))
             except Exception as exc:  # the drivers' unique-violation errors share no base class
                 if "unique" not in str(exc).lower():
                     raise
@@ -157,7 +146,7 @@ class KeyStore:
                     f"keys: {record.key.id!r} has the secret of another key in the store"
                 ) from None
         listed = {r.key.id for r in records}
-        for (key_id,) in await self._fetch(
+        for (key_id,) in await self.db.fetch(
             "SELECT id FROM api_keys WHERE source = 'config' AND revoked_at IS NULL"
         ):
             if key_id not in listed:
@@ -170,164 +159,33 @@ class KeyStore:
         now = time.time()
         rows: list[Sequence[Any]] = [(s, p, d, now) for (s, p), d in deltas.items() if d]
         if rows:
-            await self._execute_many(_ADD_SPEND, rows)
+            await self.db.execute_many(_ADD_SPEND, rows)
 
     async def spend(self, periods: Sequence[str]) -> dict[tuple[str, str], int]:
         """Every counter of these periods."""
         if not periods:
             return {}
         marks = ", ".join("?" * len(periods))
-        rows = await self._fetch(
+        rows = await self.db.fetch(
             f"SELECT scope, period, spent_pico FROM budget_spend WHERE period IN ({marks})", periods
         )
         return {(scope, period): int(spent) for scope, period, spent in rows}
 
 
-# -- SQLite ----------------------------------------------------------------------------------------
-
-
 class SqliteKeyStore(KeyStore):
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
-        self.path = Path(path)
-        self.busy_timeout_s = busy_timeout_s
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # used on the executor's thread only
-
-    async def open(self) -> None:
-        if self._executor is None:
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrelay-keys")
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, self._open)
-            except BaseException:
-                executor.shutdown(wait=False)
-                raise
-            self._executor = executor
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, self._close)
-            finally:
-                executor.shutdown(wait=True)
-
-    def _open(self) -> None:
-        from ..observability.migrations import apply_sqlite
-        from ..observability.sqlite_store import MIGRATIONS
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            apply_sqlite(conn, MIGRATIONS)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._executor is None:
-            raise RuntimeError("SqliteKeyStore is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await self._run(lambda: self._db.execute(sql, tuple(args)).fetchall())
-
-    async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return await self._run(lambda: self._db.execute(sql, tuple(args)).rowcount)
-
-    async def _execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
-        def run() -> None:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(sql, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-
-        await self._run(run)
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
-
-
-# -- PostgreSQL ------------------------------------------------------------------------------------
-
-_MARK = re.compile(r"\?")
-
-
-def _numbered(sql: str) -> str:
-    """``?`` placeholders as asyncpg's ``$1, $2, ...`` (no ``?`` appears in our SQL otherwise)."""
-    counter = iter(range(1, 1_000))
-    return _MARK.sub(lambda _: f"${next(counter)}", sql)
+        super().__init__(calllog_sqlite(path, busy_timeout_s=busy_timeout_s, label="SqliteKeyStore"))
 
 
 class PostgresKeyStore(KeyStore):
     def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
-        self.dsn = dsn
-        self.connect_timeout = connect_timeout
-        self._pool: Any = None
-
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        import asyncpg
-
-        from ..observability.postgres_store import PostgresUnavailable, apply_migrations, dsn_host
-
-        try:
-            conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise PostgresUnavailable(f"cannot connect to PostgreSQL at {dsn_host(self.dsn)}: {exc}") from exc
-        try:
-            await apply_migrations(conn)
-        finally:
-            await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=2, timeout=self.connect_timeout, command_timeout=30
-        )
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    @property
-    def pool(self) -> Any:
-        if self._pool is None:
-            raise RuntimeError("PostgresKeyStore is not open")
-        return self._pool
-
-    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await self.pool.fetch(_numbered(sql), *args)]
-
-    async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        status = await self.pool.execute(_numbered(sql), *args)
-        return int(status.split()[-1])  # "UPDATE <n>", "INSERT 0 <n>"
-
-    async def _execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
-        await self.pool.executemany(_numbered(sql), rows)
+        super().__init__(calllog_postgres(dsn, connect_timeout=connect_timeout, label="PostgresKeyStore"))
 
 
 def open_key_store(url: str, directory: Path) -> KeyStore:
     """The key store beside the call log's (``calllog.store``): same URL, same database."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresKeyStore(url)
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :]).expanduser()
-        return SqliteKeyStore(path if path.is_absolute() else directory / path)
-    raise ConfigError(f"calllog.store must be sqlite:///<path> or postgresql://...; got {url!r}")
+    path = sqlite_path(url, directory, setting="calllog.store")
+    return PostgresKeyStore(url) if path is None else SqliteKeyStore(path)
 
 
 # -- rows ------------------------------------------------------------------------------------------

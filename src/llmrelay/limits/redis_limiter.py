@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, LimiterUnavailable
+from ..errors import LimiterUnavailable
+from ..redis_client import redis_client
 from .buckets import WINDOW_S, Decision, Limit
 from .stats import LimitStats
 
@@ -134,27 +135,9 @@ class RedisLimiter:
         clock: Callable[[], float] | None = None,
         flush_interval_s: float = 0.05,
     ) -> None:
-        try:
-            from redis.asyncio import from_url
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import RedisError
-        except ImportError:
-            raise ConfigError(
-                "Rate limits use Redis (redis_url is set) but the redis package is missing: "
-                "pip install 'llmrelay[redis]'"
-            ) from None
-        try:
-            # Short timeouts and no client-side retries: a slow Redis must not become slow requests.
-            self._redis: Redis = from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"Invalid Redis URL for rate limits: {exc}") from None
+        self._redis: Redis = redis_client(url, timeout_s=timeout_s, what="rate limits (redis_url)")
+        from redis.exceptions import RedisError
+
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.fail_open = fail_open

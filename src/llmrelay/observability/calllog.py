@@ -166,7 +166,10 @@ class CallLog:
 def open_store(url: str, directory: Path) -> CallStore:
     """A store from a URL: ``sqlite:///path`` (relative paths under ``directory``) or
     ``postgresql://...``."""
-    if url.startswith(("postgresql://", "postgres://")):
+    from ..db import sqlite_path
+
+    path = sqlite_path(url, directory, setting="calllog.store")
+    if path is None:
         try:
             from .postgres_store import PostgresCallStore
         except ImportError as exc:  # asyncpg is an extra
@@ -176,11 +179,6 @@ def open_store(url: str, directory: Path) -> CallStore:
                 f"The PostgreSQL call log needs asyncpg: pip install 'llmrelay[postgres]' ({exc})"
             ) from None
         return PostgresCallStore(url)
-    if url.startswith("sqlite:///"):
-        from .sqlite_store import SqliteCallStore
+    from .sqlite_store import SqliteCallStore
 
-        path = Path(url[len("sqlite:///") :]).expanduser()
-        return SqliteCallStore(path if path.is_absolute() else directory / path)
-    from ..errors import ConfigError
-
-    raise ConfigError(f"calllog.store must be sqlite:///<path> or postgresql://...; got {url!r}")
+    return SqliteCallStore(path)

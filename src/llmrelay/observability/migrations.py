@@ -18,6 +18,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..db import immediate
+
 TABLE = "_llmrelay_migrations"
 
 # Portable: SQLite reads DOUBLE PRECISION as REAL. applied_at is unix seconds.
@@ -89,10 +91,8 @@ def apply_sqlite(conn: sqlite3.Connection, migrations: Migrations) -> list[str]:
     conn.execute(CREATE_TABLE)
     done: list[str] = []
     for migration in migrations.pending(_applied(conn)):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             if migration.name in _applied(conn):  # another process got here first
-                conn.execute("COMMIT")
                 continue
             if isinstance(migration.step, str):
                 for statement in _statements(migration.step):
@@ -102,11 +102,6 @@ def apply_sqlite(conn: sqlite3.Connection, migrations: Migrations) -> list[str]:
             conn.execute(
                 f"INSERT INTO {TABLE} (name, applied_at) VALUES (?, ?)", (migration.name, time.time())
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         done.append(migration.name)
     return done
 

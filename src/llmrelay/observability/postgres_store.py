@@ -15,21 +15,20 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import orjson
 
 from ..batch.schema import POSTGRES_MIGRATION as BATCH_MIGRATION
+from ..db import MIGRATION_LOCK, PostgresDatabase, PostgresUnavailable, apply_postgres, dsn_host
 from ..keys.schema import KEY_GUARDRAILS_MIGRATION, KEYS_MIGRATION
 from . import records
 from .records import CALL_COLUMNS, AttemptRecord, CallRecord
 
 log = logging.getLogger(__name__)
 
-# Keys for pg_advisory_xact_lock, spelled so no other application on the database is likely to use them.
-_MIGRATION_LOCK = int.from_bytes(b"llmrelay", "big")  # "llmrelay" as an int64
-_PARTITION_LOCK = _MIGRATION_LOCK + 1  # creating and dropping daily partitions
+# Key for pg_advisory_xact_lock: creating and dropping daily partitions (the next after db.py's).
+_PARTITION_LOCK = MIGRATION_LOCK + 1
 
 # Long enough for a batch or a day's count; short enough that a half-open connection is noticed.
 _COMMAND_TIMEOUT_S = 60.0
@@ -122,10 +121,6 @@ _GROUPS = {
 }
 
 
-class PostgresUnavailable(ConnectionError):
-    """PostgreSQL could not be reached (or refused us) when the store opened."""
-
-
 class PostgresCallStore:
     def __init__(
         self, dsn: str, *, pool_min: int = 1, pool_max: int = 4, connect_timeout: float = 10.0
@@ -134,7 +129,16 @@ class PostgresCallStore:
         self.pool_min = pool_min
         self.pool_max = pool_max
         self.connect_timeout = connect_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._db = PostgresDatabase(
+            dsn,
+            migrations=MIGRATIONS,
+            pool_min=pool_min,
+            pool_max=pool_max,
+            connect_timeout=connect_timeout,
+            command_timeout=_COMMAND_TIMEOUT_S,
+            init=_create_staging,  # each connection's staging tables copy the migrated tables
+            label="call store",
+        )
         # Days whose partitions are known to exist. Another replica's prune can drop one behind our
         # back: an insert that then finds no partition forgets the day and creates it again.
         self._partitions: set[date] = set()
@@ -142,43 +146,14 @@ class PostgresCallStore:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
-        where = dsn_host(self.dsn)
-        unreachable = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-        try:
-            conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-        except (*unreachable, asyncpg.PostgresError) as exc:  # refused, timed out, bad password, no db
-            raise PostgresUnavailable(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
-        try:
-            applied = await apply_migrations(conn)
-        finally:
-            await conn.close()
-        if applied:
-            log.info("call store: applied migrations %s on PostgreSQL at %s", ", ".join(applied), where)
-        try:
-            # The pool comes after the migrations: each connection's staging tables copy the tables.
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=self.pool_min,
-                max_size=self.pool_max,
-                timeout=self.connect_timeout,
-                command_timeout=_COMMAND_TIMEOUT_S,
-                init=_create_staging,
-            )
-        except unreachable as exc:
-            raise PostgresUnavailable(f"lost PostgreSQL at {where} while opening: {exc}") from exc
+        await self._db.open()
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        await self._db.close()
 
     @property
     def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("PostgresCallStore.open() was not awaited")
-        return self._pool
+        return self._db.pool
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -347,26 +322,8 @@ class PostgresCallStore:
 async def apply_migrations(
     conn: asyncpg.Connection, migrations: Iterable[tuple[str, str]] = MIGRATIONS
 ) -> list[str]:
-    """Apply, in order and in one transaction, the migrations not yet recorded; return their names."""
-    async with conn.transaction():
-        # Replicas starting together on an empty database: the first migrates, the others wait and
-        # then find nothing left to do.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS _llmrelay_migrations"
-            " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM _llmrelay_migrations")}
-        applied = []
-        for name, sql in migrations:
-            if name in done:
-                continue
-            await conn.execute(sql)
-            await conn.execute("INSERT INTO _llmrelay_migrations (name) VALUES ($1)", name)
-            applied.append(name)
-        # Names recorded but unknown here are a newer replica's (a rolling deploy); migrations only
-        # add, so this one can keep running on the schema as it is.
-    return applied
+    """Apply, in order and in one transaction, the call store's migrations not yet recorded."""
+    return await apply_postgres(conn, migrations)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -543,11 +500,4 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def dsn_host(dsn: str) -> str:
-    """host:port of a DSN, for error messages (never the password)."""
-    try:
-        parts = urlsplit(dsn)
-        host = parts.hostname or parse_qs(parts.query).get("host", ["localhost"])[0]
-        return f"{host}:{parts.port or 5432}"
-    except ValueError:
-        return "the configured host"
+__all__ = ["MIGRATIONS", "PostgresCallStore", "PostgresUnavailable", "apply_migrations", "dsn_host"]

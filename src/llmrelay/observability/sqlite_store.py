@@ -1,7 +1,7 @@
 """The embedded call store: one SQLite file in WAL mode.
 
-``sqlite3`` blocks, so the connection lives on one worker thread of our own and every operation is
-a job for it (``run_in_executor``): the event loop never waits on the disk, and one thread means
+``sqlite3`` blocks, so the connection lives on one worker thread of our own (``db.SqliteDatabase``)
+and every operation is a job for it: the event loop never waits on the disk, and one thread means
 one connection, no locking of ours, and operations run in the order they were asked for (a ``close``
 runs after the writes queued before it). WAL with ``synchronous=NORMAL`` lets readers in other
 processes work while we write and costs no fsync per commit; a power cut may lose the last commits,
@@ -10,10 +10,8 @@ which the call log's journal replays (writes are idempotent on id).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +19,9 @@ from typing import Any, TypeVar
 import orjson
 
 from ..batch.schema import SQLITE_MIGRATION as BATCH_MIGRATION
+from ..db import SqliteDatabase, immediate
 from ..keys.schema import KEY_GUARDRAILS_MIGRATION, KEYS_MIGRATION
-from .migrations import Migrations, apply_sqlite
+from .migrations import Migrations
 from .records import ATTEMPT_COLUMNS, CALL_COLUMNS, AttemptRecord, CallRecord
 
 T = TypeVar("T")
@@ -130,19 +129,17 @@ class SqliteCallStore:
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s  # another process (a replica) holding the write lock
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._sqlite = SqliteDatabase(
+            self.path,
+            migrations=MIGRATIONS,
+            busy_timeout_s=busy_timeout_s,
+            synchronous="NORMAL",
+            optimize_on_close=True,
+            label="SqliteCallStore",
+        )
 
     async def open(self) -> None:
-        if self._executor is not None:
-            return
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrelay-sqlite")
-        try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._open)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        self._executor = executor
+        await self._sqlite.open()
 
     async def write(self, records: Sequence[CallRecord]) -> None:
         if records:
@@ -181,66 +178,25 @@ class SqliteCallStore:
                 return removed
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close)
-        finally:
-            executor.shutdown(wait=True)  # idle by now: this only joins the thread
+        await self._sqlite.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("SqliteCallStore is not open")
-        # A cancelled caller does not stop the job: a write already started still commits.
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._sqlite.run(fn, *args)
 
     # The rest runs on the worker thread.
 
     @property
     def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
-
-    def _open(self) -> None:
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we write BEGIN/COMMIT ourselves (see _write) instead of the
-        # module's implicit transactions.
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            apply_sqlite(conn, MIGRATIONS)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.execute("PRAGMA optimize")  # what SQLite advises before closing
-            finally:
-                conn.close()
+        return self._sqlite.connection
 
     def _write(self, records: list[CallRecord]) -> None:
         calls = [_call_row(r) for r in records]
         attempts = [_attempt_row(r.id, a) for r in records for a in r.attempts]
-        db = self._db
         # IMMEDIATE takes the write lock up front: a deferred transaction that has to upgrade
         # fails with SQLITE_BUSY at once when another process writes, busy_timeout or not.
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db) as db:
             db.executemany(_INSERT_CALL, calls)
             db.executemany(_INSERT_ATTEMPT, attempts)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def _recent(
         self,
@@ -320,18 +276,11 @@ class SqliteCallStore:
 
     def _prune_chunk(self, older_than: float) -> int:
         chunk = "SELECT id FROM calls WHERE started_at < ? ORDER BY started_at, id LIMIT ?"
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db) as db:
             db.execute(f"DELETE FROM attempts WHERE call_id IN ({chunk})", (older_than, _PRUNE_CHUNK))
             removed = db.execute(
                 f"DELETE FROM calls WHERE id IN ({chunk})", (older_than, _PRUNE_CHUNK)
             ).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         # The freed pages stay in the file and take the next inserts: with a steady retention the
         # file stops growing, with no VACUUM rewriting it.
         return removed

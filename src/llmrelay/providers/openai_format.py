@@ -26,6 +26,27 @@ def parse_request(body: Any) -> ChatRequest:
         raise invalid_request_from(exc) from None
 
 
+def check_metadata(value: Any) -> dict[str, str] | None:
+    """OpenAI's ``metadata`` rule (batches, jobs): up to 16 string pairs, keys up to 64 characters,
+    values up to 512; None when absent, a 400 naming the field otherwise."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or len(value) > 16
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in value.items()
+        )
+    ):
+        raise InvalidRequestError(
+            "'metadata' must be an object of up to 16 string pairs (keys up to 64 characters,"
+            " values up to 512).",
+            param="metadata",
+        )
+    return value
+
+
 def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
     """ChatRequest -> the body we send to an OpenAI-compatible upstream."""
     body = request.model_dump(exclude_none=True, by_alias=True)

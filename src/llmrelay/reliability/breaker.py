@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
+from ..redis_client import redis_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -390,18 +391,9 @@ class RedisBreakers(LocalBreakers):
     async def start(self) -> None:
         if self._task is not None:
             return
-        from redis.asyncio import from_url
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # Short timeouts and no client-side retries: the loop below retries, and a slow Redis
-        # must not hold up the next round.
-        self._redis = from_url(
-            self.redis_url,
-            decode_responses=True,
-            socket_timeout=self.io_timeout_s,
-            socket_connect_timeout=self.io_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+        # The loop below retries, and a slow Redis must not hold up the next round.
+        self._redis = redis_client(
+            self.redis_url, timeout_s=self.io_timeout_s, what="shared circuit breakers"
         )
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="llmrelay-breakers-sync")

@@ -13,8 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from ..asgi import (
     ClientGone,
     Receive,
@@ -32,8 +30,6 @@ from ..dialects import ANTHROPIC, OPENAI, Dialect
 from ..errors import (
     AuthenticationError,
     GatewayError,
-    InvalidRequestError,
-    MethodNotAllowedError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -48,6 +44,7 @@ from ..relay import Relay
 from ..types import ChatResponse
 from .batches import BatchesAPI
 from .dashboard import Dashboard
+from .http import allow, json_body
 from .jobs import JobsRoutes
 
 log = logging.getLogger("llmrelay.server")
@@ -128,8 +125,7 @@ class Gateway:
                     f"Unknown path {path}. This gateway serves /v1/chat/completions, /v1/messages, /v1/models."
                 )
             method, handler = route
-            if scope["method"] != method:
-                raise MethodNotAllowedError(f"{scope['method']} is not allowed on {path}; use {method}.")
+            allow(scope["method"], (method,), path)
             await handler(scope, receive, send)
         except GatewayError as error:
             await send_json(send, error.status, dialect.error(error), encode_headers(error.headers()))
@@ -185,13 +181,7 @@ class Gateway:
         try:
             key = await self._authenticate(headers)
             principal = _presented_key(headers)
-            body = await read_body(receive, headers, self._body_limit)
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise InvalidRequestError(
-                    "We could not parse the JSON body of your request: it is not valid JSON."
-                ) from None
+            payload = json_body(await read_body(receive, headers, self._body_limit))
             request = dialect.parse(payload)
             check_model(key, request.model)
         except GatewayError as error:  # turned away before the pipeline: on record all the same

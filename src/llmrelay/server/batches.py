@@ -14,10 +14,7 @@ presented when the gateway has no master key): another key gets a 404, as if it 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
-
-import orjson
+from typing import TYPE_CHECKING
 
 from ..asgi import (
     Receive,
@@ -32,9 +29,10 @@ from ..asgi import (
 )
 from ..batch.multipart import form_parts
 from ..batch.service import BatchService, service_for
-from ..errors import InvalidRequestError, MethodNotAllowedError, NotFoundError
+from ..errors import InvalidRequestError, NotFoundError
 from ..keys.model import VirtualKey
 from ..observability.records import key_id
+from .http import allow, json_object, list_page, query_limit, query_params
 
 if TYPE_CHECKING:
     from ..relay import Relay
@@ -74,7 +72,7 @@ class BatchesAPI:
         collection, _, rest = path.strip("/").partition("/")
         object_id, _, action = rest.partition("/")
         method = scope["method"]
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        query = query_params(scope)
         if collection == "files":
             await self._files(service, owner, method, object_id, action, query, receive, headers, send)
         else:
@@ -95,7 +93,7 @@ class BatchesAPI:
         send: Send,
     ) -> None:
         if not file_id:
-            _allow(method, ("GET", "POST"), "/v1/files")
+            allow(method, ("GET", "POST"), "/v1/files")
             if method == "POST":
                 body = await read_body(receive, headers, self.relay.settings.batch.max_file_bytes)
                 parts = form_parts(body, headers.get("content-type", ""))
@@ -114,12 +112,12 @@ class BatchesAPI:
                 owner,
                 purpose=query.get("purpose"),
                 after=query.get("after"),
-                limit=_limit(query, default=10_000, most=10_000),
+                limit=query_limit(query, default=10_000, most=10_000),
                 newest_first=order == "desc",
             )
-            return await send_json(send, 200, _page([f.public() for f in files], more))
+            return await send_json(send, 200, list_page([f.public() for f in files], more))
         if action == "content":
-            _allow(method, ("GET",), "/v1/files/{id}/content")
+            allow(method, ("GET",), "/v1/files/{id}/content")
             content = await service.store.file_content(owner, file_id)
             if content is None:
                 await service.file(owner, file_id)  # the 404
@@ -127,7 +125,7 @@ class BatchesAPI:
             return await _send_bytes(send, content)
         if action:
             raise NotFoundError(f"Unknown path /v1/files/{file_id}/{action}.")
-        _allow(method, ("GET", "DELETE"), "/v1/files/{id}")
+        allow(method, ("GET", "DELETE"), "/v1/files/{id}")
         record = await service.file(owner, file_id)
         if method == "DELETE":
             await service.delete_file(owner, file_id)
@@ -150,62 +148,22 @@ class BatchesAPI:
         send: Send,
     ) -> None:
         if not batch_id:
-            _allow(method, ("GET", "POST"), "/v1/batches")
+            allow(method, ("GET", "POST"), "/v1/batches")
             if method == "POST":
-                payload = _json(await read_body(receive, headers, _JSON_LIMIT))
+                payload = json_object(await read_body(receive, headers, _JSON_LIMIT))
                 record = await service.create_batch(owner, key, payload)
                 return await send_json(send, 200, record.public())
             batches, more = await service.store.list_batches(
-                owner, after=query.get("after"), limit=_limit(query, default=20, most=100)
+                owner, after=query.get("after"), limit=query_limit(query, default=20, most=100)
             )
-            return await send_json(send, 200, _page([b.public() for b in batches], more))
+            return await send_json(send, 200, list_page([b.public() for b in batches], more))
         if action == "cancel":
-            _allow(method, ("POST",), "/v1/batches/{id}/cancel")
+            allow(method, ("POST",), "/v1/batches/{id}/cancel")
             return await send_json(send, 200, (await service.cancel(owner, batch_id)).public())
         if action:
             raise NotFoundError(f"Unknown path /v1/batches/{batch_id}/{action}.")
-        _allow(method, ("GET",), "/v1/batches/{id}")
+        allow(method, ("GET",), "/v1/batches/{id}")
         await send_json(send, 200, (await service.batch(owner, batch_id)).public())
-
-
-def _allow(method: str, allowed: tuple[str, ...], path: str) -> None:
-    if method not in allowed:
-        raise MethodNotAllowedError(f"{method} is not allowed on {path}; use {' or '.join(allowed)}.")
-
-
-def _limit(query: dict[str, str], *, default: int, most: int) -> int:
-    raw = query.get("limit")
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= most:
-        raise InvalidRequestError(f"'limit' must be an integer from 1 to {most}.", param="limit")
-    return value
-
-
-def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request: it is not valid JSON."
-        ) from None
-    if not isinstance(payload, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    return payload
 
 
 async def _send_bytes(send: Send, content: bytes) -> None:

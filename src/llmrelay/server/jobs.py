@@ -15,18 +15,16 @@ the master key, and everyone on a gateway without keys, sees all.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
-
-import orjson
+from typing import TYPE_CHECKING
 
 from ..asgi import Receive, Scope, Send, read_body, request_headers, send_json
-from ..errors import GatewayError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from ..jobs.queue import Job
 from ..jobs.service import check_webhook
 from ..keys.model import VirtualKey
 from ..keys.service import check_model
 from ..providers import openai_format
+from .http import allow, json_object, list_page, query_limit, query_params
 
 if TYPE_CHECKING:
     from ..relay import Relay
@@ -60,7 +58,7 @@ class JobsRoutes:
         key = await self.authenticate(headers)
         method, path = scope["method"], scope["path"].rstrip("/")
         if path == SECRET_PATH:
-            _allow(method, "GET", path)
+            allow(method, ("GET",), path)
             owner = key.id if key is not None else None
             secret = self.relay.jobs.webhook_secret(owner)
             return await send_json(send, 200, {"object": "webhook_secret", "key_id": owner, "secret": secret})
@@ -68,14 +66,14 @@ class JobsRoutes:
         if not parts:
             if method == "POST":
                 return await self._create(receive, headers, key, send)
-            _allow(method, "GET or POST", path)
+            allow(method, ("GET", "POST"), path)
             return await self._list(scope, key, send)
         if len(parts) == 1:
-            _allow(method, "GET", path)
+            allow(method, ("GET",), path)
             job = await self._visible(parts[0], key)
             return await send_json(send, 200, await self.relay.jobs.view(job))
         if len(parts) == 2 and parts[1] == "cancel":
-            _allow(method, "POST", path)
+            allow(method, ("POST",), path)
             job = await self._visible(parts[0], key)
             queue = await self.relay.jobs.open()
             cancelled = await queue.cancel(job.id)
@@ -88,17 +86,10 @@ class JobsRoutes:
     async def _create(
         self, receive: Receive, headers: dict[str, str], key: VirtualKey | None, send: Send
     ) -> None:
-        body = await read_body(receive, headers, self.body_limit)
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InvalidRequestError(
-                "We could not parse the JSON body of your request: it is not valid JSON."
-            ) from None
-        if not isinstance(payload, dict):
-            raise InvalidRequestError(
-                'The body must be a JSON object: {"request": {...}, "webhook": {"url": ...}}.'
-            )
+        payload = json_object(
+            await read_body(receive, headers, self.body_limit),
+            shape='{"request": {...}, "webhook": {"url": ...}}',
+        )
         unknown = sorted(set(payload) - _FIELDS)
         if unknown:
             raise InvalidRequestError(f"Unknown field {unknown[0]!r}.", param=unknown[0])
@@ -119,7 +110,7 @@ class JobsRoutes:
             raise
         check_model(key, parsed.model)
         webhook = check_webhook(payload.get("webhook"))
-        metadata = _metadata(payload.get("metadata"))
+        metadata = openai_format.check_metadata(payload.get("metadata"))
         idempotency_key = headers.get("idempotency-key") or None
         if idempotency_key is not None and len(idempotency_key) > 255:
             raise InvalidRequestError(
@@ -131,24 +122,14 @@ class JobsRoutes:
         await send_json(send, 202, await self.relay.jobs.view(job))
 
     async def _list(self, scope: Scope, key: VirtualKey | None, send: Send) -> None:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        raw_limit = (query.get("limit") or ["20"])[-1]
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _MAX_LIMIT:
-            raise InvalidRequestError(f"limit must be an integer from 1 to {_MAX_LIMIT}.", param="limit")
-        after = (query.get("after") or [None])[-1]
+        query = query_params(scope)
+        limit = query_limit(query, default=20, most=_MAX_LIMIT)
         queue = await self.relay.jobs.open()
         jobs = await queue.list(
-            owner_key_id=_owner_filter(key), kind="chat", limit=int(raw_limit), after=after
+            owner_key_id=_owner_filter(key), kind="chat", limit=limit, after=query.get("after")
         )
         data = [await self.relay.jobs.view(job) for job in jobs]
-        body = {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": len(data) == int(raw_limit),
-        }
-        await send_json(send, 200, body)
+        await send_json(send, 200, list_page(data, has_more=len(data) == limit))
 
     async def _visible(self, job_id: str, key: VirtualKey | None) -> Job:
         queue = await self.relay.jobs.open()
@@ -163,29 +144,6 @@ class JobsRoutes:
 def _owner_filter(key: VirtualKey | None) -> str | None:
     """Whose jobs the caller sees: a virtual key its own; the master key (and an open gateway) all."""
     return None if key is None or key.admin else key.id
-
-
-def _allow(method: str, allowed: str, path: str) -> None:
-    if method not in allowed.split(" or "):
-        raise MethodNotAllowedError(f"{method} is not allowed on {path}; use {allowed}.")
-
-
-def _metadata(value: Any) -> dict[str, str] | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, dict)
-        or len(value) > 16
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in value.items()
-        )
-    ):
-        raise InvalidRequestError(
-            "metadata must be an object of at most 16 string values (keys up to 64 characters, values up to 512).",
-            param="metadata",
-        )
-    return value
 
 
 __all__ = ["PREFIX", "JobsRoutes"]
