@@ -48,7 +48,9 @@ PUBLISHED = {"mmlu": "0.603 / CPT50 35.4%", "gsm8k": "0.622 / CPT50 33.6%", "mt_
 
 def load(name: str) -> list[Example]:
     examples = []
-    for line in (DATA / SETS[name] / "dev.jsonl").read_text().splitlines():
+    for line in (DATA / SETS[name] / "dev.jsonl").read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
         row = json.loads(line)
         if name == "mt_bench":
             weak = (row["weak_score_turn1"] + row["weak_score_turn2"]) / 2

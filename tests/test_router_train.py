@@ -68,6 +68,13 @@ def test_learns_which_prompts_need_the_strong_model(router: TrainedRouter) -> No
     assert min(map(router.score, paraphrased_hard)) > max(map(router.score, paraphrased_easy))
 
 
+def test_views_are_chosen_among_the_candidates(router: TrainedRouter, rows: list[dict]) -> None:
+    assert router.views and set(router.views) <= {"ngram", "embedding", "knn", "shape"}
+    assert all(f"{view}.cdf" in router.arrays for view in router.views)
+    with pytest.raises(ConfigError, match="views must be some of"):
+        train(rows, views=["ngram", "telepathy"])
+
+
 def test_threshold_meets_the_strong_share_on_out_of_fold_scores(router: TrainedRouter) -> None:
     report = router.config["report"]
     assert report["rows"] == 240 and report["folds"] == 5
@@ -184,14 +191,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_trains_and_writes_a_router(rows: list[dict], tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # A raw U+2028 inside a JSON string is not a line break of JSON Lines.
+    rows = [{**rows[0], "prompt": rows[0]["prompt"] + "\u2028two lines"}, *rows[1:]]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "router.npz"
-    done = run_cli(str(data), "-o", str(out), "--strong-share", "0.25", "--seed", "3")
+    done = run_cli(str(data), "-o", str(out), "--strong-share", "0.25", "--seed", "3", "--no-embeddings")
     assert done.returncode == 0, done.stderr
     assert "trained on 240 rows" in done.stdout
     assert "5-fold cross-validated: APGR" in done.stdout
+    assert "views kept:" in done.stdout
     assert "threshold" in done.stdout
     router = TrainedRouter.load(out)
+    assert set(router.views) <= {"ngram", "shape"}  # --no-embeddings: no embedding-model views
     assert router.config["report"]["seed"] == 3
     assert router.config["report"]["strong_share"] <= 0.25
 
