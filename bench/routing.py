@@ -240,7 +240,9 @@ def latency(n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    parser.add_argument(
+        "--sets", nargs="*", choices=list(SETS), default=list(SETS), help="none: latency only"
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-prompts", type=int, default=300, help="per set (MMLU and GSM8K); 0 skips")

@@ -87,7 +87,15 @@ def knn_mean(
     """For each query row, the mean target of its k nearest training rows, weighted by
     similarity ** power (0: plain mean; a high power lets the closest few dominate)."""
     k = max(1, min(k, len(train)))
-    sims = queries.astype(np.float32) @ train.astype(np.float32).T
-    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    train, queries = np.asarray(train, np.float32), np.asarray(queries, np.float32)  # no copy when float32
+    # One request: einsum runs on this thread. A BLAS product may wake its worker threads, and on a
+    # busy machine waiting for them took p99 from ~4 to ~20 ms (bench/routing.py). Training scores
+    # batches, where BLAS pays.
+    sims = np.einsum("ij,kj->ik", queries, train) if len(queries) <= 8 else queries @ train.T
+    nearest = (
+        np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        if k < len(train)
+        else np.tile(np.arange(len(train)), (len(sims), 1))
+    )
     weights = np.maximum(np.take_along_axis(sims, nearest, 1), 0.0).astype(np.float64) ** power
     return (targets[nearest] * weights).sum(1) / np.maximum(weights.sum(1), 1e-300)

@@ -72,6 +72,8 @@ class TrainedRouter:
         return float(self.score_many([text])[0])
 
     def score_many(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0)
         inputs = _Inputs.of(texts, self._embedder_if_needed())
         return _mean_percentile(self.arrays, _view_scores(self.arrays, self.views, inputs))
 
@@ -86,7 +88,10 @@ class TrainedRouter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.config, "format": FORMAT, "threshold": self.threshold}
-        _write_npz(path, {**self.arrays, "meta": np.array(json.dumps(meta, sort_keys=True))})
+        arrays = {**self.arrays, "meta": np.array(json.dumps(meta, sort_keys=True))}
+        if "knn.vectors" in arrays:
+            arrays["knn.vectors"] = arrays["knn.vectors"].astype(np.float16)
+        _write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedRouter:
@@ -99,7 +104,9 @@ class TrainedRouter:
         if meta.pop("format", None) != FORMAT:
             raise ConfigError(f"{path} is not a {FORMAT} file (retrain it with `llmrelay router train`)")
         arrays = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}
-        return cls(float(meta.pop("threshold")), arrays, meta)
+        router = cls(float(meta.pop("threshold")), arrays, meta)
+        router._embedder_if_needed()  # now, not on the first request (and a missing model fails here)
+        return router
 
 
 # --- the views ---------------------------------------------------------------------------------
@@ -162,7 +169,10 @@ def _fit_views(inputs: _Inputs, outcomes: np.ndarray, views: tuple[str, ...]) ->
         # k ~ a quarter of the rows, at most 100: small neighbourhoods were noisy in the bench.
         k = max(1, min(100, len(outcomes) // 4))
         arrays |= {
-            "knn.vectors": inputs.vectors.astype(np.float16),
+            # Stored as float16 (half the file); kept in memory as float32 values that float16 holds
+            # exactly, so a router scores the same before and after a save and load, without a
+            # per-query conversion of the whole matrix.
+            "knn.vectors": inputs.vectors.astype(np.float16).astype(np.float32),
             "knn.targets": outcomes[:, 0].astype(np.float32),
             "knn.k": np.int64(k),
             "knn.power": np.float64(KNN_POWER),
