@@ -9,10 +9,11 @@ Each row says how the weak and the strong model did on one prompt (``examples.ex
 The router estimates how likely the strong model is to do better, from four views of the prompt,
 each a small model (``learners``):
 
-- ``ngram``: logistic regression over hashed character 3-5-grams and word 1-2-grams (the
-  featuriser of the injection detector, ``guardrails.injection_features``);
+- ``ngram``: logistic regression over hashed word 1-2-grams (the featuriser of the injection
+  detector, ``guardrails.injection_features``);
 - ``embedding``: logistic regression over the prompt's static MiniLM embedding (``features``);
-- ``knn``: the share of the k most similar training prompts on which the strong model did better;
+- ``knn``: the share of the k most similar training prompts (by static embedding) on which the
+  strong model did better, weighted by similarity ** 20;
 - ``shape``: logistic regression over length and number counts.
 
 Each view predicts two things, whether the strong model does better and whether the weak one does
