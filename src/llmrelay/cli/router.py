@@ -29,23 +29,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="instead: the fewest strong calls keeping this fraction of the all-strong performance",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="the cross-validation folds' shuffle")
+    t.add_argument(
+        "--no-embeddings",
+        action="store_true",
+        help="text views only (n-grams, shape): no local embedding model needed",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..routing.trained import train
+    from ..routing.trained import TEXT_VIEWS, VIEWS, train
 
     examples = read_examples(Path(args.data))
     router = train(
-        examples, seed=args.seed, strong_share=args.strong_share, target_quality=args.target_quality
+        examples,
+        seed=args.seed,
+        strong_share=args.strong_share,
+        target_quality=args.target_quality,
+        views=TEXT_VIEWS if args.no_embeddings else VIEWS,
     )
     router.save(args.output)
     r = router.config["report"]
     print(
-        f"trained on {r['rows']} rows ({r['strong_better']} where the strong model did better), seed {r['seed']}"
+        f"trained on {r['rows']} rows: the strong model did better on {r['strong_better']}, "
+        f"the weak one on {r['weak_better']}; seed {r['seed']}"
     )
+    print(f"views kept: {', '.join(router.views)}")
     if "cv_apgr" in r:
-        print(f"{r['folds']}-fold cross-validated: APGR {r['cv_apgr']:.3f}, CPT(50%) {r['cv_cpt50']:.1f}%")
+        print(
+            f"{r['folds']}-fold cross-validated: APGR {r['cv_apgr']:.3f}, "
+            f"CPT(50%) {r['cv_cpt50']:.1f}%, CPT(80%) {r['cv_cpt80']:.1f}%"
+        )
     print(
         f"threshold {router.threshold:.4f}: {r['strong_share']:.1%} of prompts to the strong model, "
         f"{r['quality']:.1%} of all-strong performance (on out-of-fold scores)"
@@ -63,7 +77,8 @@ def read_examples(path: Path) -> list:  # list[Example]; the import stays lazy f
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     examples = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # split("\n"), not splitlines(): a JSON string may hold U+2028 and other Unicode line breaks.
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -5,12 +5,24 @@
     router = TrainedRouter.load("router.npz")
     router.score(prompt_text(messages)) >= router.threshold   # -> send to the strong model
 
-Each row says how the weak and the strong model did on one prompt (see ``examples_from_rows``).
-The model predicts P(strong model does better than the weak one | prompt text): logistic
-regression over hashed character and word n-grams (``guardrails.injection_features``, shared
-with the injection detector), fitted here in numpy. Scoring is numpy alone and takes well under a
-millisecond. The threshold is calibrated on cross-validated (out-of-fold) scores, so it holds on
-prompts the model has not seen rather than on its own training set.
+Each row says how the weak and the strong model did on one prompt (``examples.example_from_row``).
+The router estimates how likely the strong model is to do better, from four views of the prompt,
+each a small model (``learners``):
+
+- ``ngram``: logistic regression over hashed word 1-2-grams (the featuriser of the injection
+  detector, ``guardrails.injection_features``);
+- ``embedding``: logistic regression over the prompt's static MiniLM embedding (``features``);
+- ``knn``: the share of the k most similar training prompts (by static embedding) on which the
+  strong model did better, weighted by similarity ** 20;
+- ``shape``: logistic regression over length and number counts.
+
+Each view predicts two things, whether the strong model does better and whether the weak one does
+(it sometimes does: 262 of 4,801 MMLU questions), and scores their difference, the expected gain of
+calling the strong model. The views' scores live on different scales, so each is mapped to its
+percentile among out-of-fold training scores, and the router's score is the mean percentile (a
+rank average) over the views that routed best together in cross-validation on the training data.
+The threshold is calibrated on those cross-validated scores, so it holds on prompts the model has
+not seen. Scoring is numpy alone (plus the tokenizer); bench/routing.py measures its cost.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,128 +38,60 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..guardrails.injection_features import featurize, hashed_ngrams, linear_score, normalize
+from ..guardrails.injection_features import featurize
 from .evaluation import router_curve
+from .examples import Example, example_from_row, examples_from_rows, prompt_text
+from .learners import SparseRows, fit_dense_logreg, fit_sparse_logreg, knn_mean, sigmoid
 
-FORMAT = "llmrelay-trained-router/1"
-NGRAMS = {"bits": 16, "char_n": [3, 5], "word_n": 2}
+__all__ = ["TrainedRouter", "train", "prompt_text", "Example", "example_from_row", "examples_from_rows"]
 
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    text: str
-    weak: float  # how the weak model did: 1/0 correctness, or a judge score
-    strong: float
-
-    @property
-    def target(self) -> float:
-        """1 when the strong model does better, the thing the router predicts."""
-        return 1.0 if self.strong > self.weak else 0.0
-
-
-def prompt_text(messages: Iterable[Any]) -> str:
-    """The text a router scores: the last user message (dicts or ``types.Message``).
-
-    The last user turn is what the answer depends on most; earlier turns and the system prompt
-    mostly repeat across requests of one application and would blur the signal. A request with no
-    user message falls back to all its text.
-    """
-    messages = list(messages)
-    users = [m for m in messages if _get(m, "role") == "user"]
-    return "\n".join(_content_text(_get(m, "content")) for m in (users[-1:] or messages)).strip()
-
-
-def _get(message: Any, key: str) -> Any:
-    return message.get(key) if isinstance(message, Mapping) else getattr(message, key, None)
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:  # OpenAI and Anthropic content parts both use {"type": "text", "text": ...}
-        if _get(part, "type") == "text" and isinstance(_get(part, "text"), str):
-            parts.append(_get(part, "text"))
-    return "\n".join(parts)
-
-
-def examples_from_rows(rows: Iterable[Mapping[str, Any] | Example]) -> list[Example]:
-    """Training rows -> examples; a bad row raises ``ConfigError`` naming its (1-based) number."""
-    examples = []
-    for n, row in enumerate(rows, 1):
-        try:
-            examples.append(row if isinstance(row, Example) else example_from_row(row))
-        except ConfigError as exc:
-            raise ConfigError(f"row {n}: {exc.message}") from None
-    if not examples:
-        raise ConfigError("no training rows")
-    return examples
-
-
-def example_from_row(row: Any) -> Example:
-    """One training row -> an example, or ``ConfigError`` saying what is wrong with it.
-
-    A row has the prompt as ``prompt`` (a string) or ``messages`` (chat messages), and one of:
-    ``weak_correct`` + ``strong_correct`` (booleans), ``label`` (``"weak"``: the weak model will
-    do, ``"strong"``: it will not), or ``weak_score`` + ``strong_score`` (numbers, e.g. judge
-    scores; higher is better).
-    """
-    if not isinstance(row, Mapping):
-        raise ConfigError(f"expected a JSON object, got {type(row).__name__}")
-    if isinstance(row.get("prompt"), str):
-        text = row["prompt"]
-    elif isinstance(row.get("messages"), list):
-        text = prompt_text(row["messages"])
-    else:
-        raise ConfigError("needs 'prompt' (a string) or 'messages' (a list of chat messages)")
-    if not text.strip():
-        raise ConfigError("the prompt is empty")
-    return Example(text, *_outcome(row))
-
-
-def _outcome(row: Mapping[str, Any]) -> tuple[float, float]:
-    if "weak_correct" in row or "strong_correct" in row:
-        weak, strong = row.get("weak_correct"), row.get("strong_correct")
-        if not isinstance(weak, bool) or not isinstance(strong, bool):
-            raise ConfigError("'weak_correct' and 'strong_correct' must both be true or false")
-        return float(weak), float(strong)
-    if "label" in row:
-        if row["label"] not in ("weak", "strong"):
-            raise ConfigError(f'\'label\' must be "weak" or "strong", not {row["label"]!r}')
-        return (1.0, 1.0) if row["label"] == "weak" else (0.0, 1.0)
-    if "weak_score" in row or "strong_score" in row:
-        weak, strong = row.get("weak_score"), row.get("strong_score")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (weak, strong)):
-            raise ConfigError("'weak_score' and 'strong_score' must both be numbers")
-        return float(weak), float(strong)  # type: ignore[arg-type]
-    raise ConfigError("needs 'weak_correct'+'strong_correct', 'label', or 'weak_score'+'strong_score'")
+FORMAT = "llmrelay-trained-router/2"
+# Word 1-2-grams only (char_n is an empty range): character n-grams routed no better in the bench
+# and made training ten times slower.
+NGRAMS = {"bits": 16, "char_n": [1, 0], "word_n": 2}
+VIEWS = ("ngram", "embedding", "knn", "shape")
+TEXT_VIEWS = ("ngram", "shape")  # the views that need no embedding model
+_NEEDS_VECTORS = {"embedding", "knn"}
+LEVELS = 101  # percentiles stored per view
+KNN_POWER = 20.0  # neighbours weighted by similarity ** 20: the closest few count most (bench/routing.py)
 
 
 @dataclass
 class TrainedRouter:
-    """Logistic regression over hashed n-grams; ``score`` is P(the strong model is needed)."""
+    """``score(text)``: higher = more likely the strong model is needed; 0..1, a mean percentile."""
 
-    weights: np.ndarray  # float32, one per n-gram bucket
-    bias: float
     threshold: float  # score >= threshold -> strong model
-    config: dict[str, Any] = field(default_factory=dict)  # features and how it was trained
+    arrays: dict[str, np.ndarray]  # each view's parameters and percentile table
+    config: dict[str, Any] = field(default_factory=dict)  # views, features, and how it was trained
+    _embedder: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return tuple(self.config["views"])
 
     def score(self, text: str) -> float:
-        c = self.config["ngrams"]
-        buckets = hashed_ngrams(normalize(text), c["bits"], tuple(c["char_n"]), c["word_n"])
-        z = self.bias + linear_score(buckets, self.weights)
-        return float(1.0 / (1.0 + np.exp(-z)))
+        return float(self.score_many([text])[0])
+
+    def score_many(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0)
+        inputs = _Inputs.of(texts, self._embedder_if_needed())
+        return _mean_percentile(self.arrays, _view_scores(self.arrays, self.views, inputs))
+
+    def _embedder_if_needed(self):  # type: ignore[no-untyped-def]
+        if self._embedder is None and _NEEDS_VECTORS & set(self.views):
+            from .features import StaticEmbedder
+
+            self._embedder = StaticEmbedder()
+        return self._embedder
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**self.config, "format": FORMAT, "bias": self.bias, "threshold": self.threshold}
-        arrays = {
-            "weights": self.weights.astype(np.float32),
-            "meta": np.array(json.dumps(meta, sort_keys=True)),
-        }
+        meta = {**self.config, "format": FORMAT, "threshold": self.threshold}
+        arrays = {**self.arrays, "meta": np.array(json.dumps(meta, sort_keys=True))}
+        if "knn.vectors" in arrays:
+            arrays["knn.vectors"] = arrays["knn.vectors"].astype(np.float16)
         _write_npz(path, arrays)
 
     @classmethod
@@ -155,12 +99,129 @@ class TrainedRouter:
         try:
             with np.load(Path(path), allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
-                weights = data["weights"].astype(np.float32)
-        except (OSError, KeyError, ValueError) as exc:
+                arrays = {k: data[k] for k in data.files if k != "meta"}
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise ConfigError(f"{path} is not a trained router file: {exc}") from None
         if meta.pop("format", None) != FORMAT:
-            raise ConfigError(f"{path} is not a {FORMAT} file")
-        return cls(weights, float(meta.pop("bias")), float(meta.pop("threshold")), meta)
+            raise ConfigError(f"{path} is not a {FORMAT} file (retrain it with `llmrelay router train`)")
+        arrays = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}
+        router = cls(float(meta.pop("threshold")), arrays, meta)
+        router._embedder_if_needed()  # now, not on the first request (and a missing model fails here)
+        return router
+
+
+# --- the views ---------------------------------------------------------------------------------
+
+
+def _ngram_features(text: str) -> tuple[np.ndarray, np.ndarray]:
+    return featurize(text, NGRAMS["bits"], tuple(NGRAMS["char_n"]), NGRAMS["word_n"])
+
+
+@dataclass
+class _Inputs:
+    """Every view's input for a list of texts, computed once."""
+
+    ngrams: list[tuple[np.ndarray, np.ndarray]]
+    vectors: np.ndarray | None  # static embeddings, when a view needs them
+    shapes: np.ndarray
+
+    @classmethod
+    def of(cls, texts: list[str], embedder: Any | None) -> _Inputs:
+        from .features import shape_features
+
+        vectors = embedder.embed_many(texts) if embedder is not None else None
+        return cls([_ngram_features(t) for t in texts], vectors, np.stack([shape_features(t) for t in texts]))
+
+    def take(self, idx: np.ndarray) -> _Inputs:
+        vectors = self.vectors[idx] if self.vectors is not None else None
+        return _Inputs([self.ngrams[i] for i in idx], vectors, self.shapes[idx])
+
+
+def _fit_pair(
+    fit: Callable[[np.ndarray], tuple[np.ndarray, float]], outcomes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One logistic model per outcome column: weights (d, 2) and biases (2,)."""
+    weights, biases = [], []
+    for column in outcomes.T:
+        if (
+            column.min() == column.max()
+        ):  # nothing to learn: a constant (e.g. no row where the weak model won)
+            w, b = None, 40.0 if column[0] else -40.0
+        else:
+            w, b = fit(column)
+        weights.append(w)
+        biases.append(b)
+    dim = next((len(w) for w in weights if w is not None), 0)
+    stacked = np.stack([w if w is not None else np.zeros(dim) for w in weights], axis=1)
+    return stacked, np.array(biases)
+
+
+def _fit_views(inputs: _Inputs, outcomes: np.ndarray, views: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``outcomes``: (n, 2), whether the strong model did better, and whether the weak one did."""
+    arrays: dict[str, np.ndarray] = {}
+    if "ngram" in views:
+        rows, dim = SparseRows.of(inputs.ngrams), 1 << NGRAMS["bits"]
+        w, b = _fit_pair(lambda y: fit_sparse_logreg(rows, y, dim), outcomes)
+        arrays |= {"ngram.w": w.astype(np.float32), "ngram.b": b}
+    if "embedding" in views:
+        w, b = _fit_pair(lambda y: fit_dense_logreg(inputs.vectors, y, l2=1.0), outcomes)
+        arrays |= {"embedding.w": w, "embedding.b": b}
+    if "knn" in views:
+        # k ~ a quarter of the rows, at most 100: small neighbourhoods were noisy in the bench.
+        k = max(1, min(100, len(outcomes) // 4))
+        arrays |= {
+            # Stored as float16 (half the file); kept in memory as float32 values that float16 holds
+            # exactly, so a router scores the same before and after a save and load, without a
+            # per-query conversion of the whole matrix.
+            "knn.vectors": inputs.vectors.astype(np.float16).astype(np.float32),
+            "knn.targets": outcomes[:, 0].astype(np.float32),
+            "knn.k": np.int64(k),
+            "knn.power": np.float64(KNN_POWER),
+        }
+    if "shape" in views:
+        mean, std = inputs.shapes.mean(0), inputs.shapes.std(0) + 1e-9
+        w, b = _fit_pair(lambda y: fit_dense_logreg((inputs.shapes - mean) / std, y, l2=1.0), outcomes)
+        arrays |= {"shape.w": w, "shape.b": b, "shape.mean": mean, "shape.std": std}
+    return arrays
+
+
+def _gain(z: np.ndarray) -> np.ndarray:
+    """P(strong does better) - P(weak does better), from the two models' logits (n, 2)."""
+    p = sigmoid(z)
+    return p[:, 0] - p[:, 1]
+
+
+def _view_scores(
+    arrays: dict[str, np.ndarray], views: tuple[str, ...], inputs: _Inputs
+) -> dict[str, np.ndarray]:
+    """Each view's score for each input: the expected gain of the strong model, or the kNN share."""
+    out: dict[str, np.ndarray] = {}
+    if "ngram" in views:
+        rows = SparseRows.of(inputs.ngrams)
+        w = arrays["ngram.w"]
+        out["ngram"] = _gain(np.stack([rows.dot(w[:, 0]), rows.dot(w[:, 1])], axis=1) + arrays["ngram.b"])
+    if "embedding" in views:
+        out["embedding"] = _gain(inputs.vectors @ arrays["embedding.w"] + arrays["embedding.b"])
+    if "knn" in views:
+        out["knn"] = knn_mean(
+            arrays["knn.vectors"],
+            arrays["knn.targets"],
+            inputs.vectors,
+            int(arrays["knn.k"]),
+            float(arrays["knn.power"]),
+        )
+    if "shape" in views:
+        standard = (inputs.shapes - arrays["shape.mean"]) / arrays["shape.std"]
+        out["shape"] = _gain(standard @ arrays["shape.w"] + arrays["shape.b"])
+    return out
+
+
+def _mean_percentile(arrays: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> np.ndarray:
+    levels = np.linspace(0, 1, LEVELS)
+    return np.mean([np.interp(s, arrays[f"{v}.cdf"], levels) for v, s in scores.items()], axis=0)
+
+
+# --- training ----------------------------------------------------------------------------------
 
 
 def train(
@@ -170,31 +231,50 @@ def train(
     strong_share: float = 0.3,
     target_quality: float | None = None,
     folds: int = 5,
+    views: Iterable[str] = VIEWS,
+    embedder: Any | None = None,
 ) -> TrainedRouter:
     """Fit a router on ``rows`` and calibrate its threshold on out-of-fold scores.
 
     The threshold sends ``strong_share`` of the training prompts to the strong model, or, with
     ``target_quality``, the fewest that keep the routed performance at that fraction of the
-    all-strong performance. ``config["report"]`` says what was done (rows, cross-validated APGR).
+    all-strong performance. ``views`` are the candidate views (``TEXT_VIEWS`` need no embedding
+    model); the router keeps the subset whose mean percentile has the best cross-validated APGR.
+    ``config["report"]`` says what was done (rows, views kept, cross-validated APGR and CPT).
     """
-    if not 0.0 <= strong_share <= 1.0:
-        raise ConfigError(f"strong_share must be between 0 and 1, not {strong_share}")
-    if target_quality is not None and not 0.0 < target_quality <= 1.0:
-        raise ConfigError(f"target_quality must be in (0, 1], not {target_quality}")
+    views = _check(views, strong_share, target_quality)
     examples = examples_from_rows(rows)
-    features = [_features(e.text) for e in examples]
-    y = np.array([e.target for e in examples])
     weak = np.array([e.weak for e in examples])
     strong = np.array([e.strong for e in examples])
+    outcomes = np.stack([strong > weak, weak > strong], axis=1).astype(np.float64)
+    if _NEEDS_VECTORS & set(views) and embedder is None:
+        from .features import StaticEmbedder
 
-    out_of_fold = _cross_validated(features, y, seed=seed, folds=folds)
-    weights, bias = _fit(features, y)
-    scores = out_of_fold if out_of_fold is not None else _predict(features, weights, bias)
+        embedder = StaticEmbedder()
+    inputs = _Inputs.of([e.text for e in examples], embedder if _NEEDS_VECTORS & set(views) else None)
+
+    out_of_fold = _cross_validated(inputs, outcomes, views, seed=seed, folds=folds)
+    cross_validated = out_of_fold is not None
+    measurable = cross_validated and weak.mean() != strong.mean()
+    tables = (
+        {f"{v}.cdf": np.quantile(out_of_fold[v], np.linspace(0, 1, LEVELS)) for v in views}
+        if out_of_fold
+        else {}
+    )
+    if measurable:
+        views = _best_views(tables, out_of_fold, weak, strong)
+    arrays = _fit_views(inputs, outcomes, views)
+    if out_of_fold is None:  # too few rows to cross-validate: in-sample scores, the best there is
+        out_of_fold = _view_scores(arrays, views, inputs)
+        tables = {f"{v}.cdf": np.quantile(out_of_fold[v], np.linspace(0, 1, LEVELS)) for v in views}
+    arrays |= {f"{v}.cdf": tables[f"{v}.cdf"] for v in views}
+    scores = _mean_percentile(arrays, {v: out_of_fold[v] for v in views})
     threshold, share, quality = _calibrate(scores, weak, strong, strong_share, target_quality)
     report: dict[str, Any] = {
         "rows": len(examples),
-        "strong_better": int(y.sum()),
-        "folds": folds if out_of_fold is not None else 0,
+        "strong_better": int(outcomes[:, 0].sum()),
+        "weak_better": int(outcomes[:, 1].sum()),
+        "folds": folds if cross_validated else 0,
         "seed": seed,
         "strong_share": round(share, 4),
         "quality": round(quality, 4),
@@ -202,67 +282,62 @@ def train(
         if target_quality is not None
         else {"strong_share": strong_share},
     }
-    if out_of_fold is not None and weak.mean() != strong.mean():
-        curve = router_curve(out_of_fold, weak, strong)
-        report |= {"cv_apgr": round(curve.apgr, 4), "cv_cpt50": round(curve.cpt(0.5), 2)}
-    config = {"model": "ngram-logreg", "ngrams": NGRAMS, "report": report}
-    return TrainedRouter(weights.astype(np.float32), float(bias), float(threshold), config)
+    if measurable:
+        curve = router_curve(scores, weak, strong)
+        report |= {
+            "cv_apgr": round(curve.apgr, 4),
+            "cv_cpt50": round(curve.cpt(0.5), 2),
+            "cv_cpt80": round(curve.cpt(0.8), 2),
+        }
+    config = {"views": list(views), "ngrams": NGRAMS, "report": report}
+    return TrainedRouter(threshold, arrays, config, embedder if _NEEDS_VECTORS & set(views) else None)
 
 
-# --- fitting -----------------------------------------------------------------------------------
+def _check(views: Iterable[str], strong_share: float, target_quality: float | None) -> tuple[str, ...]:
+    chosen = set(views)
+    if not chosen or chosen - set(VIEWS):
+        raise ConfigError(
+            f"views must be some of {', '.join(VIEWS)}, not {', '.join(sorted(chosen)) or 'none'}"
+        )
+    if not 0.0 <= strong_share <= 1.0:
+        raise ConfigError(f"strong_share must be between 0 and 1, not {strong_share}")
+    if target_quality is not None and not 0.0 < target_quality <= 1.0:
+        raise ConfigError(f"target_quality must be in (0, 1], not {target_quality}")
+    return tuple(v for v in VIEWS if v in chosen)
 
 
-def _features(text: str) -> tuple[np.ndarray, np.ndarray]:
-    return featurize(text, NGRAMS["bits"], tuple(NGRAMS["char_n"]), NGRAMS["word_n"])
+def _best_views(
+    tables: dict[str, np.ndarray], out_of_fold: dict[str, np.ndarray], weak: np.ndarray, strong: np.ndarray
+) -> tuple[str, ...]:
+    """The subset of views whose mean percentile routes best (cross-validated APGR; ties: more views).
 
-
-def _sparse(features: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = np.concatenate([np.full(len(ids), i) for i, (ids, _) in enumerate(features)])
-    cols = np.concatenate([ids for ids, _ in features])
-    vals = np.concatenate([v for _, v in features])
-    return rows, cols, vals
-
-
-def _predict(features: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray, bias: float) -> np.ndarray:
-    rows, cols, vals = _sparse(features)
-    z = bias + np.bincount(rows, weights=vals * weights[cols], minlength=len(features))
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _fit(
-    features: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray, *, l2: float = 1e-3, steps: int = 300
-) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression, full-batch Adam on the sparse rows (deterministic)."""
-    rows, cols, vals = _sparse(features)
-    dim, n = 1 << NGRAMS["bits"], len(y)
-    w = np.zeros(dim + 1)  # the last entry is the bias
-    m, v = np.zeros_like(w), np.zeros_like(w)
-    lr, b1, b2 = 0.05, 0.9, 0.999
-    for t in range(1, steps + 1):
-        z = w[-1] + np.bincount(rows, weights=vals * w[cols], minlength=n)
-        resid = (1.0 / (1.0 + np.exp(-z)) - y) / n
-        grad = np.empty_like(w)
-        grad[:-1] = np.bincount(cols, weights=vals * resid[rows], minlength=dim) + l2 * w[:-1]
-        grad[-1] = resid.sum()
-        m = b1 * m + (1 - b1) * grad
-        v = b2 * v + (1 - b2) * grad * grad
-        w -= lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-8)
-    return w[:-1], float(w[-1])
+    A view that helps on one kind of traffic can hurt on another (the nearest-neighbour view on
+    GSM8K, where every prompt is an arithmetic word problem), so the data decides.
+    """
+    views = tuple(out_of_fold)
+    best: tuple[float, int, tuple[str, ...]] | None = None
+    for mask in range(1, 1 << len(views)):
+        subset = tuple(v for i, v in enumerate(views) if mask >> i & 1)
+        apgr = router_curve(_mean_percentile(tables, {v: out_of_fold[v] for v in subset}), weak, strong).apgr
+        if best is None or (round(apgr, 6), len(subset)) > (round(best[0], 6), best[1]):
+            best = (apgr, len(subset), subset)
+    return best[2] if best else views
 
 
 def _cross_validated(
-    features: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray, *, seed: int, folds: int
-) -> np.ndarray | None:
-    """Out-of-fold scores (each prompt scored by a model that did not train on it), or None if too few rows."""
-    if folds < 2 or len(y) < 2 * folds:
+    inputs: _Inputs, outcomes: np.ndarray, views: tuple[str, ...], *, seed: int, folds: int
+) -> dict[str, np.ndarray] | None:
+    """Each view's out-of-fold scores (every prompt scored by a model that did not train on it)."""
+    n = len(outcomes)
+    if folds < 2 or n < 2 * folds:
         return None
-    fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
-    scores = np.empty(len(y))
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    scores = {v: np.empty(n) for v in views}
     for k in range(folds):
-        test = fold_of == k
-        train_idx, test_idx = np.flatnonzero(~test), np.flatnonzero(test)
-        weights, bias = _fit([features[i] for i in train_idx], y[train_idx])
-        scores[test_idx] = _predict([features[i] for i in test_idx], weights, bias)
+        test, train_idx = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+        arrays = _fit_views(inputs.take(train_idx), outcomes[train_idx], views)
+        for view, values in _view_scores(arrays, views, inputs.take(test)).items():
+            scores[view][test] = values
     return scores
 
 
