@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..pipeline import Call
-from ..types import ChatRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,11 +19,3 @@ class Router(Protocol):
     kind: str
 
     async def verdict(self, call: Call) -> Verdict: ...
-
-
-def last_user_text(request: ChatRequest) -> str:
-    """The text a heuristic or classifier judges: the conversation's last user message."""
-    for message in reversed(request.messages):
-        if message.role == "user":
-            return message.text()
-    return ""

@@ -19,7 +19,8 @@ from ..cache.backends import MemoryBackend
 from ..errors import GatewayError
 from ..pipeline import Call, Result
 from ..types import ChatRequest, ChatResponse, Message
-from .base import Verdict, last_user_text
+from .base import Verdict
+from .examples import prompt_text
 from .settings import ClassifierRouter as ClassifierSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class Classifier:
         self.verdicts = MemoryBackend(settings.cache_max_bytes)
 
     async def verdict(self, call: Call) -> Verdict:
-        text = last_user_text(call.request)[: self.settings.max_chars]
+        text = prompt_text(call.request.messages)[: self.settings.max_chars]
         key = hashlib.sha256(f"{self.settings.model}\0{self.prompt}\0{text}".encode()).hexdigest()
         cached = await self.verdicts.get(key)
         if cached is not None:

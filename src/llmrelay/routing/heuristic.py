@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 from ..pipeline import Call
-from .base import Verdict, last_user_text
+from .base import Verdict
+from .examples import prompt_text
 from .settings import HeuristicRouter as HeuristicSettings
 
 # One of these found (MULTILINE: ^ and $ are line ends) means the message carries code.
@@ -65,5 +66,5 @@ class Heuristic:
         return min(score, 1.0), reason
 
     async def verdict(self, call: Call) -> Verdict:
-        score, reason = self.score(last_user_text(call.request))
+        score, reason = self.score(prompt_text(call.request.messages))
         return Verdict(round(score, 4), reason)
