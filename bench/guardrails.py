@@ -119,6 +119,15 @@ def bench_injection(args: argparse.Namespace) -> None:
         )
     q = statistics.quantiles(everything, n=100)
     print(f"   {'all':32s} {'':9s} {statistics.fmean(everything):8.0f} {q[49]:7.0f} {q[98]:7.0f}")
+    if detector.model.embedding is not None:  # the baseline, same run: the n-gram view alone
+        from llmrelay.guardrails.injection import MODEL_PATH, LinearModel
+
+        plain = InjectionDetector(LinearModel.load(MODEL_PATH, prefix="fallback_"))
+        for name in ("jailbreak_inthewild_2023_05_07", "wildguard_benign"):
+            us = timings_us(sets[name], plain.check, args.rounds)
+            print(
+                f"   {name + ', n-grams only':32s} {'':9s} {statistics.fmean(us):8.0f} {statistics.median(us):7.0f}"
+            )
     long_text = " ".join(t for t, _ in sets["jailbreak_inthewild_2023_05_07"])[:50_000]
     us = timings_us([(long_text, 1)], detector.check, 20)
     print(f"   one 50,000-character text: {statistics.median(us) / 1000:.1f} ms")
@@ -136,6 +145,8 @@ def bench_injection(args: argparse.Namespace) -> None:
         settings += (
             ["--synthetic-weight", c["synthetic_weight"]] if c["synthetic_weight"] else ["--no-synthetic"]
         )
+        view = c.get("embedding")  # absent: the n-gram-only model (the fallback) is what loaded
+        settings += ["--view-scale", view["view_scale"]] if view else ["--no-embedding"]
         train_injection.main(
             ["--no-write", *map(str, settings), *(["--skip-loso"] if args.skip_loso else [])]
         )

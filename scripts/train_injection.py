@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrelay.guardrails.injection import MODEL_PATH, InjectionDetector, LinearModel
+from llmrelay.guardrails.injection import MODEL_PATH, EmbeddingView, InjectionDetector, LinearModel
 from llmrelay.guardrails.injection_features import featurize, normalize
 from llmrelay.guardrails.injection_rules import RuleSet
 
@@ -67,6 +67,8 @@ LONG_DOCUMENTS = "long_benign_documents"  # joined from benign texts not used as
 # length past what it was trained on); the long benign documents stay within it, and the few
 # longer jailbreaks are measured the way the detector scores them (``score_rows``).
 CHUNK_CHARS = 8_000
+# Raw score of the two-view model that becomes 0.5 in the shipped scale (the sweep in the docs).
+EMBEDDING_OPERATING_POINT = 0.22
 # bench/guardrails.py plants instructions in joined MMLU passages: keep those out of training.
 DOCUMENT_TEST_SOURCE = "routellm_mmlu_correctness"
 
@@ -187,6 +189,28 @@ def design_matrix(texts: list[str], config: dict):
     )
 
 
+class EmbeddingData:
+    """The rows' word-piece ids (of the normalised text, as the detector reads it), tokenised once;
+    the IDF weights and so the vectors depend on which rows train, so they are made per fit."""
+
+    def __init__(self, rows: list[Row]) -> None:
+        from llmrelay.static_embedding import shared_static_embedder
+
+        self.embedder = shared_static_embedder()
+        self.ids = [self.embedder.token_ids(normalize(r.text)) for r in rows]
+
+    def idf(self, train: np.ndarray) -> np.ndarray:
+        """Smoothed IDF over the training rows, rounded to float16 as the file stores it."""
+        df = np.zeros(self.embedder.vocab_size)
+        for i in train:
+            df[np.unique(self.ids[i])] += 1
+        idf = np.log((1 + len(train)) / (1 + df)) + 1
+        return idf.astype(np.float16).astype(np.float32)
+
+    def vectors(self, idx: np.ndarray, idf: np.ndarray) -> np.ndarray:
+        return np.stack([self.embedder.embed_ids(self.ids[i], idf) for i in idx])
+
+
 def sample_weights(rows: list[Row], config: dict) -> np.ndarray:
     """Balance the classes, then weigh the hard negatives up (their accuracy is the goal's tight
     side) and the synthetic rows down (templates repeat themselves)."""
@@ -197,16 +221,28 @@ def sample_weights(rows: list[Row], config: dict) -> np.ndarray:
     return w * np.where(source == SYNTHETIC, config["synthetic_weight"], 1.0)
 
 
-def fit(rows: list[Row], X, config: dict) -> LinearModel:
+def fit(rows: list[Row], X, config: dict, emb: EmbeddingData | None = None, idx=None) -> LinearModel:
+    """One logistic regression over both views: the n-gram features and, with ``emb``, the rows'
+    (``idx`` into ``emb``) static embeddings scaled by ``view_scale`` (how loud that view is
+    against the L2-normalised n-grams under one regularisation)."""
+    from scipy.sparse import csr_matrix, hstack
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(C=config["C"], max_iter=2000, solver="liblinear")
+    view = None
+    if emb is not None and config.get("embedding"):
+        idf = emb.idf(idx)
+        scale = config["embedding"]["view_scale"]
+        X = hstack([X, csr_matrix(emb.vectors(idx, idf) * scale)]).tocsr()
+    clf = LogisticRegression(C=config["C"], max_iter=3000, solver="liblinear")
     clf.fit(X, [r.label for r in rows], sample_weight=sample_weights(rows, config))
+    coef = clf.coef_[0]
+    if emb is not None and config.get("embedding"):
+        dim = emb.embedder.dim
+        view = EmbeddingView((coef[-dim:] * scale).astype(np.float32), idf, emb.embedder)
+        coef = coef[:-dim]
     # Move the chosen operating point to 0.5, so that a route's threshold of 0.5 means "as measured".
     point = config["operating_point"]
-    return LinearModel.quantize(
-        clf.coef_[0], float(clf.intercept_[0]) - math.log(point / (1 - point)), config
-    )
+    return LinearModel.quantize(coef, float(clf.intercept_[0]) - math.log(point / (1 - point)), config, view)
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -223,7 +259,9 @@ def rates(rows: list[Row], flagged: np.ndarray) -> dict[str, tuple[float, int]]:
     return out
 
 
-def cross_validate(rows: list[Row], X, config: dict, seed: int, folds: int = 5) -> np.ndarray:
+def cross_validate(
+    rows: list[Row], X, config: dict, seed: int, emb: EmbeddingData | None = None, folds: int = 5
+) -> np.ndarray:
     """Out-of-fold scores: folds stratified by source, near-duplicates kept in one fold."""
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -234,14 +272,18 @@ def cross_validate(rows: list[Row], X, config: dict, seed: int, folds: int = 5) 
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(real, [rows[i].source for i in real], groups):
         train = np.concatenate([real[train], synthetic])
-        model = fit([rows[i] for i in train], X[train], config)
-        scores[real[test]] = score_rows(model, [rows[i] for i in real[test]], X[real[test]])
+        model = fit([rows[i] for i in train], X[train], config, emb, train)
+        test = real[test]
+        scores[test] = score_rows(model, [rows[i] for i in test], X[test], emb, test)
     return scores
 
 
-def score_rows(model: LinearModel, rows: list[Row], X) -> np.ndarray:
-    """Scores as the detector computes them: from the matrix, or by chunks for long texts."""
-    scores = model.score_matrix(X)
+def score_rows(
+    model: LinearModel, rows: list[Row], X, emb: EmbeddingData | None = None, idx=None
+) -> np.ndarray:
+    """Scores as the detector computes them: from the matrices, or by chunks for long texts."""
+    E = emb.vectors(idx, model.embedding.idf) if model.embedding is not None else None
+    scores = model.score_matrix(X, E)
     short = model.config.get("short_words") or 0
     for i, row in enumerate(rows):
         normalized = normalize(row.text)
@@ -250,12 +292,15 @@ def score_rows(model: LinearModel, rows: list[Row], X) -> np.ndarray:
     return scores
 
 
-def leave_one_source_out(rows: list[Row], X, config: dict, sources: tuple[str, ...]) -> dict[str, np.ndarray]:
+def leave_one_source_out(
+    rows: list[Row], X, config: dict, sources: tuple[str, ...], emb: EmbeddingData | None = None
+) -> dict[str, np.ndarray]:
     out = {}
     for source in sources:
         held = np.array([r.source == source for r in rows])
-        model = fit([r for r, h in zip(rows, held, strict=True) if not h], X[~held], config)
-        out[source] = score_rows(model, [r for r, h in zip(rows, held, strict=True) if h], X[held])
+        train, test = np.flatnonzero(~held), np.flatnonzero(held)
+        model = fit([rows[i] for i in train], X[train], config, emb, train)
+        out[source] = score_rows(model, [rows[i] for i in test], X[test], emb, test)
     return out
 
 
@@ -305,8 +350,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--operating-point",
         type=float,
-        default=0.26,
-        help="raw model score that becomes 0.5 in the shipped scale",
+        default=None,
+        help="raw model score that becomes 0.5 in the shipped scale (default: 0.22 with the "
+        "embedding view, 0.26 without)",
+    )
+    parser.add_argument(
+        "--no-embedding",
+        action="store_true",
+        help="n-gram view only (the fallback model, which is always trained and stored too)",
+    )
+    parser.add_argument(
+        "--view-scale", type=float, default=0.5, help="weight of the static-embedding view's features"
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print the figures, do not write the model file"
@@ -326,23 +380,36 @@ def main(argv: list[str] | None = None) -> int:
     if not DATA.is_dir():
         print(f"no data at {DATA}", file=sys.stderr)
         return 2
+    fallback_point = 0.26  # the n-gram-only model's operating point, chosen on its own sweep
     config = {
         "bits": args.bits,
         "char_n": [3, 5],
         "word_n": 2,
         "C": args.C,
         "hard_negative_weight": args.hard_negative_weight,
-        "operating_point": args.operating_point,
+        "operating_point": args.operating_point
+        or (fallback_point if args.no_embedding else EMBEDDING_OPERATING_POINT),
         "seed": args.seed,
         "synthetic_weight": 0.0 if args.no_synthetic else args.synthetic_weight,
         "chunk_chars": CHUNK_CHARS,
         "short_words": args.short_words,
     }
+    emb = None
     started = time.perf_counter()
     rows = load_rows(args.seed, synthetic=not args.no_synthetic, benign_scale=args.benign_scale)
     xs = load_xstest()
     X = design_matrix([r.text for r in rows], config)
     X_xs = design_matrix([r.text for r in xs], config)
+    if not args.no_embedding:
+        emb = EmbeddingData(rows + xs)  # xs rows are never in a training index
+        config["embedding"] = {
+            "model": emb.embedder.name,
+            "vocab": emb.embedder.vocab_size,
+            "dim": emb.embedder.dim,
+            "view_scale": args.view_scale,
+        }
+    everything = np.arange(len(rows))
+    xs_idx = np.arange(len(rows), len(rows) + len(xs))
     n_synthetic = sum(r.source == SYNTHETIC for r in rows)
     print(
         f"{len(rows)} training rows ({sum(r.label for r in rows)} attacks; {n_synthetic} synthetic), config {config}"
@@ -352,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     rule_hits_xs = np.array([rules.match(r.text) is not None for r in xs])
     t = 0.5
 
-    oof = cross_validate(rows, X, config, args.seed)
+    oof = cross_validate(rows, X, config, args.seed, emb)
     columns = {
         "rules": rates(rows, rule_hits),
         "model (CV)": rates(rows, oof >= t),
@@ -361,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"5-fold cross-validation (out-of-fold, threshold {t})", columns)
     print_sweep(rows, oof, rule_hits)
 
-    final = fit(rows, X, config)
-    xs_scores = score_rows(final, xs, X_xs)
+    final = fit(rows, X, config, emb, everything)
+    xs_scores = score_rows(final, xs, X_xs, emb, xs_idx)
     print_table(
         "xstest (never trained on), final model",
         {
@@ -378,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             *HARD_NEGATIVES,
             "bitext_customer_support",
         )
-        loso = leave_one_source_out(rows, X, config, loso_sources)
+        loso = leave_one_source_out(rows, X, config, loso_sources, emb)
         model_col, both_col = {}, {}
         for source, scores in loso.items():
             held = [r for r in rows if r.source == source]
@@ -391,13 +458,17 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if not args.no_write:
-        final.save(MODEL_PATH)
+        fallback = None
+        if emb is not None:  # served where the embedding view cannot load
+            plain = {k: v for k, v in config.items() if k != "embedding"}
+            fallback = fit(rows, X, {**plain, "operating_point": fallback_point})
+        final.save(MODEL_PATH, fallback)
         size = MODEL_PATH.stat().st_size
         detector = InjectionDetector.load()
         sample = list(range(0, len(rows), 10))  # every source, long texts (chunked) included
         agree = np.allclose(
             [detector.score(rows[i].text) for i in sample],
-            score_rows(final, [rows[i] for i in sample], X[sample]),
+            score_rows(final, [rows[i] for i in sample], X[sample], emb, np.array(sample)),
             atol=1e-6,
         )
         print(
