@@ -133,9 +133,9 @@ _EMBEDDER = []
 
 def _embedder():  # type: ignore[no-untyped-def]
     if not _EMBEDDER:
-        from llmrelay.routing.features import StaticEmbedder
+        from llmrelay.static_embedding import shared_static_embedder
 
-        _EMBEDDER.append(StaticEmbedder())
+        _EMBEDDER.append(shared_static_embedder())
     return _EMBEDDER[0]
 
 

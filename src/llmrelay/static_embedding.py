@@ -91,13 +91,18 @@ class StaticEmbedder:
         vector = mass @ self.table[unique]
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
-    def embed(self, text: str, weights: np.ndarray | None = None) -> np.ndarray:
-        return self.embed_ids(self.token_ids(text), weights)
+    def embed(
+        self, text: str, weights: np.ndarray | None = None, max_tokens: int | None = None
+    ) -> np.ndarray:
+        """``max_tokens``: only the first word pieces count (the trained router reads 512)."""
+        return self.embed_ids(self.token_ids(text)[:max_tokens], weights)
 
-    def embed_many(self, texts: list[str], weights: np.ndarray | None = None) -> np.ndarray:
+    def embed_many(
+        self, texts: list[str], weights: np.ndarray | None = None, max_tokens: int | None = None
+    ) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self.embed(t, weights) for t in texts])
+        return np.stack([self.embed(t, weights, max_tokens) for t in texts])
 
 
 @lru_cache(maxsize=4)

@@ -53,6 +53,7 @@ VIEWS = ("ngram", "embedding", "knn", "shape")
 TEXT_VIEWS = ("ngram", "shape")  # the views that need no embedding model
 _NEEDS_VECTORS = {"embedding", "knn"}
 LEVELS = 101  # percentiles stored per view
+MAX_TOKENS = 512  # word pieces of a prompt the embedding reads: bounds the cost of a huge prompt
 KNN_POWER = 20.0  # neighbours weighted by similarity ** 20: the closest few count most (bench/routing.py)
 
 
@@ -80,9 +81,9 @@ class TrainedRouter:
 
     def _embedder_if_needed(self):  # type: ignore[no-untyped-def]
         if self._embedder is None and _NEEDS_VECTORS & set(self.views):
-            from .features import StaticEmbedder
+            from ..static_embedding import shared_static_embedder
 
-            self._embedder = StaticEmbedder()
+            self._embedder = shared_static_embedder()
         return self._embedder
 
     def save(self, path: str | Path) -> None:
@@ -129,7 +130,7 @@ class _Inputs:
     def of(cls, texts: list[str], embedder: Any | None) -> _Inputs:
         from .features import shape_features
 
-        vectors = embedder.embed_many(texts) if embedder is not None else None
+        vectors = embedder.embed_many(texts, max_tokens=MAX_TOKENS) if embedder is not None else None
         return cls([_ngram_features(t) for t in texts], vectors, np.stack([shape_features(t) for t in texts]))
 
     def take(self, idx: np.ndarray) -> _Inputs:
@@ -248,9 +249,9 @@ def train(
     strong = np.array([e.strong for e in examples])
     outcomes = np.stack([strong > weak, weak > strong], axis=1).astype(np.float64)
     if _NEEDS_VECTORS & set(views) and embedder is None:
-        from .features import StaticEmbedder
+        from ..static_embedding import shared_static_embedder
 
-        embedder = StaticEmbedder()
+        embedder = shared_static_embedder()
     inputs = _Inputs.of([e.text for e in examples], embedder if _NEEDS_VECTORS & set(views) else None)
 
     out_of_fold = _cross_validated(inputs, outcomes, views, seed=seed, folds=folds)
