@@ -220,6 +220,10 @@ class SqliteDatabase(Database):
         try:
             if self.optimize_on_close:
                 conn.execute("PRAGMA optimize")  # what SQLite advises before closing
+        except sqlite3.OperationalError:
+            # Advice, not a duty: another process (the gateway's writer) may hold the database, and
+            # a reader closing must not fail for that.
+            pass
         finally:
             conn.close()
 
