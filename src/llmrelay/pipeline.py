@@ -88,6 +88,30 @@ class Call:
         return (time.perf_counter() - self.started) * 1000
 
 
+async def watch_stream(
+    chunks: Stream, ended: Callable[[Usage | None, BaseException | None], Awaitable[None] | None]
+) -> Stream:
+    """``chunks`` unchanged; when the stream stops (finished, failed, or the client gone), calls
+    ``ended(last usage seen, the exception or None)``: how a stage settles what a stream spent."""
+    usage: Usage | None = None
+    failure: BaseException | None = None
+    try:
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            yield chunk
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:  # a client gone: the stages inside settle now, not at collection
+            await close()
+        outcome = ended(usage, failure)
+        if outcome is not None:
+            await outcome
+
+
 async def _end_of_chain(call: Call) -> Result:
     raise ConfigError("The pipeline has no stage that executes the request; add 'execute' to it.")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ..catalog import Catalog
 from ..config import BudgetSettings
 from ..errors import BudgetExceeded, GatewayError
-from ..pipeline import Call, Handler, Result, Stream
+from ..pipeline import Call, Handler, Result, watch_stream
 from ..tokens import count_messages, token_upper_bound
 from ..types import ChatResponse, Usage
 from .spend import Charge, Ledger, from_pico, periods, reset_in_s, to_pico
@@ -88,7 +88,15 @@ class BudgetStage:
         if isinstance(result, ChatResponse):
             await self._settle(call, charges, estimate, result.usage)
             return result
-        return self._settled(call, result, charges, estimate)
+        return watch_stream(
+            result,
+            lambda usage, failure: self._settle(
+                call,
+                charges,
+                estimate,
+                usage or (failure.usage if isinstance(failure, GatewayError) else None),
+            ),
+        )
 
     def _charges(self, call: Call) -> list[Charge]:
         key = call.key
@@ -157,19 +165,6 @@ class BudgetStage:
         if usage is not None and call.deployment is not None and call.status != "cache_hit":
             cost = self.catalog.cost(call.deployment, usage) or Decimal(0)
         await self.ledger.settle(charges, estimate, to_pico(cost))
-
-    async def _settled(self, call: Call, chunks: Stream, charges: Sequence[Charge], estimate: int) -> Stream:
-        usage: Usage | None = None
-        try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                yield chunk
-        except GatewayError as error:
-            usage = usage or error.usage
-            raise
-        finally:
-            await self._settle(call, charges, estimate, usage)
 
 
 def _limit(usd: Decimal | None) -> int | None:

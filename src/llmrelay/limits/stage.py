@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..config import LimitsSettings, RateLimits
 from ..errors import GatewayError, RateLimitError
-from ..pipeline import Call, Handler, Result, Stream
+from ..pipeline import Call, Handler, Result, watch_stream
 from ..types import ChatResponse, Usage
 from .buckets import Limit, Limiter, reserved_tokens, too_large_error
 from .stats import LimitStats
@@ -87,7 +87,12 @@ class LimitStage:
         if isinstance(result, ChatResponse):
             self._settle(call, tokens, result.usage, answered=True)
             return result
-        return self._settled(call, tokens, result)
+        return watch_stream(
+            result,
+            lambda usage, failure: self._settle(
+                call, tokens, usage, answered=failure is None or usage is not None
+            ),
+        )
 
     def limits_of(self, call: Call) -> list[Limit]:
         """The buckets this call takes from: its key's, its end user's, its model's."""
@@ -149,18 +154,6 @@ class LimitStage:
         reserved = tokens[0].amount
         if used != reserved:
             self.limiter.adjust([_amount(limit, used - reserved) for limit in tokens])
-
-    async def _settled(self, call: Call, tokens: list[Limit], chunks: Stream) -> Stream:
-        usage: Usage | None = None
-        ended = False
-        try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                yield chunk
-            ended = True
-        finally:
-            self._settle(call, tokens, usage, answered=ended or usage is not None)
 
 
 def _amount(limit: Limit, amount: float) -> Limit:

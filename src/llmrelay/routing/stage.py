@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import ModelEntry
-from ..pipeline import Call, Handler, Result, Stream
+from ..pipeline import Call, Handler, Result, watch_stream
 from ..reliability.capabilities import missing_capabilities
 from ..types import ChatRequest, ChatResponse, Message, Usage
 from .base import Router, Verdict
@@ -162,20 +162,10 @@ class RouteStage:
         if isinstance(result, ChatResponse):
             route.savings(call, result.usage)
             return result
-        return _watched(call, route, result)
-
-
-async def _watched(call: Call, route: Route, chunks: Stream) -> Stream:
-    """The stream, unchanged; once it has ended, the savings from its usage."""
-    usage = None
-    try:
-        async for chunk in chunks:
-            if chunk.usage is not None:
-                usage = chunk.usage
-            yield chunk
-    finally:
-        await chunks.aclose()
-    route.savings(call, usage)
+        # Savings only from a stream that ended normally (a broken one's usage is partial).
+        return watch_stream(
+            result, lambda usage, failure: route.savings(call, usage) if failure is None else None
+        )
 
 
 def _router(settings: RouterSettings, route: Route, relay: Relay) -> Router:
