@@ -104,6 +104,16 @@ def test_int8_is_a_separate_embedder_close_to_the_float_one(numpy_vectors: np.nd
         embedder._pool.shutdown()
 
 
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter on this llmrelay; asserts it exited cleanly (no crash)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(llmrelay.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_without_onnxruntime_auto_falls_back_to_numpy() -> None:
     # A process where importing onnxruntime fails, as on a platform without its wheel.
     script = (
@@ -119,11 +129,7 @@ def test_without_onnxruntime_auto_falls_back_to_numpy() -> None:
         "except ConfigError as exc:\n"
         "    print(exc)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(llmrelay.__file__).parents[1])}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=50, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(script)
     first, message = done.stdout.splitlines()
     assert abs(float(first) - REFERENCE_HEAD[0]) < 2e-6
     assert "needs onnxruntime" in message and "pip install 'llmrelay[semantic]'" in message
@@ -138,10 +144,6 @@ def test_usearch_loaded_before_onnxruntime_does_not_crash_it() -> None:
         "e = LocalEmbedder(encoder='onnx')\n"
         "print(e.encoder, float(e.encode_sync(['How do I reset my password?'])[0][0]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(llmrelay.__file__).parents[1])}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_python(script)
     encoder, head = done.stdout.split()
     assert encoder == "onnx" and abs(float(head) - REFERENCE_HEAD[0]) < 2e-6
