@@ -122,6 +122,26 @@ async def test_a_journal_left_by_a_dead_process_is_replayed_without_duplicates(t
     assert len(await _all(home / "calls.db")) == 100
 
 
+async def test_unreadable_journal_lines_are_skipped(tmp_path, caplog):
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    journal.append(orjson.dumps(record(1)) + b"\n")
+    for bad in (b'{"id": "req_not_json"', b"[1, 2]", b"17", b'{"id": "req_no_fields"}'):
+        journal.append(bad + b"\n")
+    journal.append(orjson.dumps(record(2)) + b"\n")
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    try:
+        assert await JournalWriter(store, home).drain() == 6
+        assert journal.uncommitted() == 0
+        assert sorted(r.id for r in await store.recent()) == [record(1).id, record(2).id]
+    finally:
+        journal.close()
+        await store.close()
+    assert caplog.text.count("skipping an unreadable journal line") == 4
+
+
 async def _zero(log: CallLog) -> bool:
     return log.queue_depth == 0
 

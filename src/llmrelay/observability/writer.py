@@ -156,7 +156,10 @@ def _parse(lines: list[bytes]) -> list[CallRecord]:
     records = []
     for line in lines:
         try:
-            records.append(CallRecord.from_dict(orjson.loads(line)))
+            data = orjson.loads(line)
+            if type(data) is not dict:  # else from_dict's AttributeError would stop the writer for good
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            records.append(CallRecord.from_dict(data))
         except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
             log.error("call log: skipping an unreadable journal line (%s): %r", exc, line[:200])
     return records
