@@ -11,7 +11,7 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..errors import GatewayError
-from ..pipeline import Call, Handler, Result, Stream
+from ..pipeline import Call, Handler, Result, Stream, watch_stream
 from ..types import ChatResponse, Usage
 from .records import BodyPolicy, CallRecord
 
@@ -45,21 +45,16 @@ class Recorder:
         self._describe_model(call, answering=0 if done else 1)
         return self._recorded(call, result)
 
-    async def _recorded(self, call: Call, chunks: Stream) -> Stream:
-        usage: Usage | None = None
-        try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                yield chunk
-        except GatewayError as error:
-            self._finish(call, usage=usage or error.usage, error=error)
-            raise
-        except BaseException:
-            # The client went away (GeneratorExit/CancelledError): still a call, and it cost money.
-            self._finish(call, usage=usage, status="error:ClientDisconnected")
-            raise
-        self._finish(call, usage=usage)
+    def _recorded(self, call: Call, chunks: Stream) -> Stream:
+        def ended(usage: Usage | None, failure: BaseException | None) -> None:
+            if failure is None:
+                self._finish(call, usage=usage)
+            elif isinstance(failure, GatewayError):
+                self._finish(call, usage=usage or failure.usage, error=failure)
+            else:  # the client went away (GeneratorExit/CancelledError): still a call, and it cost money
+                self._finish(call, usage=usage, status="error:ClientDisconnected")
+
+        return watch_stream(chunks, ended)
 
     def _describe_model(self, call: Call, answering: int = 0) -> None:
         """``answering``: 1 while a stream's attempt is still going (recorded when it ends)."""
