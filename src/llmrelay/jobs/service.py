@@ -51,7 +51,6 @@ class JobService:
         self._open_lock = asyncio.Lock()
         self._sender: Sender | None = None
         self._root: str | None = None
-        self._keys: dict[str, tuple[float, VirtualKey | None]] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     @property
@@ -187,20 +186,7 @@ class JobService:
     async def owner_key(self, job: Job) -> VirtualKey | None:
         """The key that submitted ``job`` (None for an open gateway's, or a revoked key's), cached
         like the gateway's own lookups (``server.key_cache_ttl_s``)."""
-        key_id = job.owner_key_id
-        keys = self.relay.keys
-        if key_id is None:
-            return None
-        if keys.admin is not None and key_id == keys.admin.id:
-            return keys.admin
-        now = time.monotonic()
-        cached = self._keys.get(key_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        record = await keys.store.get(key_id)
-        key = record.key if record is not None and record.active else None
-        self._keys[key_id] = (now + self.relay.settings.server.key_cache_ttl_s, key)
-        return key
+        return await self.relay.keys.by_id(job.owner_key_id)
 
     # -- webhooks ------------------------------------------------------------------------------------
 

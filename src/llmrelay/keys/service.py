@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,23 +90,36 @@ class KeyService:
         if self.master_key is not None and hmac.compare_digest(presented.encode(), self.master_key.encode()):
             return self.admin
         digest = secret_hash(presented)
+        return await self._cached(digest, lambda: self.store.by_hash(digest))
+
+    async def by_id(self, key_id: str | None) -> VirtualKey | None:
+        """The active key with this id (the admin key for its own id), cached like ``resolve``:
+        what a job or batch submitted under a key runs as."""
+        if key_id is None:
+            return None
+        if self.admin is not None and key_id == self.admin.id:
+            return self.admin
+        return await self._cached(f"id:{key_id}", lambda: self.store.get(key_id))
+
+    async def _cached(self, name: str, fetch: Callable[[], Awaitable[KeyRecord | None]]) -> VirtualKey | None:
         now = time.monotonic()
-        cached = self._cache.get(digest)
+        cached = self._cache.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = await self.store.by_hash(digest)
+        record = await fetch()
         key = record.key if record is not None and record.active else None
         if len(self._cache) >= _CACHE_MAX:
             for stale in list(self._cache)[: _CACHE_MAX // 10]:  # dicts keep insertion order
                 del self._cache[stale]
-        self._cache[digest] = (now + self.ttl_s, key)
+        self._cache[name] = (now + self.ttl_s, key)
         return key
 
     def forget(self, key_id: str) -> None:
         """Drop what this gateway remembers of a key (after a rotation or a revocation)."""
-        for digest, (_, key) in list(self._cache.items()):
+        for name, (_, key) in list(self._cache.items()):
             if key is not None and key.id == key_id:
-                del self._cache[digest]
+                del self._cache[name]
+        self._cache.pop(f"id:{key_id}", None)
 
     # -- admin operations ------------------------------------------------------------------------
 
