@@ -20,7 +20,7 @@ import orjson
 from ..catalog import Deployment
 from ..errors import GatewayError, UpstreamProtocolError, error_for_status
 from ..providers.anthropic_format.errors import _error_from_wire as anthropic_error
-from ..providers.base import HTTPProvider, _mapped_transport_errors
+from ..providers.base import HTTPProvider
 from ..types import ChatResponse
 from .jsonl import Line
 
@@ -53,23 +53,8 @@ class UpstreamBatches:
     async def _request(
         self, method: str, url: str, *, json: Any = None, form: aiohttp.FormData | None = None
     ) -> bytes:
-        headers = self.provider._headers()  # credentials and the dialect's headers, as for a call
-        if form is not None:
-            headers.pop("content-type", None)  # aiohttp writes the multipart boundary
         data = orjson.dumps(json) if json is not None else form
-        name = self.provider.name
-        with _mapped_transport_errors(name):
-            async with self.provider._client.session.request(method, url, data=data, headers=headers) as resp:
-                raw = await resp.read()
-        if resp.status >= 400:
-            raise error_for_status(
-                resp.status,
-                self.provider.adapter.error_message(raw),
-                provider=name,
-                body=raw[:2000].decode("utf-8", "replace"),
-                headers=resp.headers,
-            )
-        return raw
+        return await self.provider.fetch(method, url, data=data, multipart=form is not None)
 
     async def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
         raw = await self._request(method, url, **kw)

@@ -138,17 +138,14 @@ class HTTPProvider:
             ) from None
         return self.adapter.parse_response(body, request, deployment.model)
 
-    async def moderate(self, texts: list[str], model: str) -> list[Moderation]:
-        """OpenAI's ``POST /moderations`` (the only dialect that has one): a result per text."""
-        if self.adapter.dialect != "openai":
-            raise ConfigError(
-                f"Provider '{self.name}' speaks {self.adapter.dialect}: it has no moderation endpoint."
-            )
-        body = orjson.dumps({"model": model, "input": texts})
+    async def fetch(self, method: str, url: str, *, data: Any = None, multipart: bool = False) -> bytes:
+        """An authenticated request other than a chat call (moderation, batch files and batches):
+        the body, or the upstream's error mapped as a call's would be."""
+        headers = self._headers()  # credentials and the dialect's headers, as for a call
+        if multipart:
+            headers.pop("content-type", None)  # aiohttp writes the multipart boundary
         with _mapped_transport_errors(self.name):
-            async with self._client.session.post(
-                self._base + "/moderations", data=body, headers=self._headers()
-            ) as resp:
+            async with self._client.session.request(method, url, data=data, headers=headers) as resp:
                 raw = await resp.read()
         if resp.status >= 400:
             raise error_for_status(
@@ -158,6 +155,17 @@ class HTTPProvider:
                 body=raw[:2000].decode("utf-8", "replace"),
                 headers=resp.headers,
             )
+        return raw
+
+    async def moderate(self, texts: list[str], model: str) -> list[Moderation]:
+        """OpenAI's ``POST /moderations`` (the only dialect that has one): a result per text."""
+        if self.adapter.dialect != "openai":
+            raise ConfigError(
+                f"Provider '{self.name}' speaks {self.adapter.dialect}: it has no moderation endpoint."
+            )
+        raw = await self.fetch(
+            "POST", self._base + "/moderations", data=orjson.dumps({"model": model, "input": texts})
+        )
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
