@@ -11,9 +11,11 @@ import openai
 import pytest
 import yaml
 
+from llmrelay import Relay
+from llmrelay.errors import ConfigError
 from llmrelay.observability.sqlite_store import SqliteCallStore
 
-from .conftest import free_port, recorded, serve_config, start_process, stop_process
+from .conftest import free_port, gateway_config, recorded, serve_config, start_process, stop_process
 
 # The verifying models' scripts (the simulator matches the verifier's question pair).
 SIMULATOR = {
@@ -158,3 +160,11 @@ async def test_the_cheap_checks_reject_before_any_model_call(client, gateway):
     for call_id in ids:
         assert "cache_verify" not in (await recorded(gateway.home, call_id)).extra
     assert not [r for r in await _records(gateway.home) if r.extra.get("cache_probe") in ids]
+
+
+async def test_a_verifying_model_that_is_not_configured_is_a_config_error():
+    config = gateway_config("http://127.0.0.1:9")
+    config["models"][0]["cache"] = {"semantic": {"enabled": True, "verify": {"model": "gpt-4o-mni"}}}
+    with pytest.raises(ConfigError, match=r"models\.gpt-4o-mini\.cache\.semantic\.verify: no model named"):
+        async with Relay(config):
+            pass

@@ -122,8 +122,8 @@ class CacheStage:
         backend = build_backend(settings, relay.settings.redis_url)
         semantic, verifiers = None, {}
         if any(p.semantic.enabled for p in policies.values()):
+            verifiers = _model_verifiers(relay, policies)  # first: a wrong name fails before the model loads
             semantic = build_semantic_index(relay)
-            verifiers = _model_verifiers(relay, policies)
         return cls(
             backend,
             relay.catalog,
