@@ -116,6 +116,19 @@ class DeploymentSettings(_Settings):
     limits: UpstreamLimits | None = None  # the provider's rpm/tpm/max_concurrency for this deployment
 
 
+class SemanticVerifyModel(_Settings):
+    """A model asked "same question?" about a semantic match before it is served (docs/semantic-cache.md):
+    its call goes through the pipeline with a record and a cost; a timeout, an error or any answer
+    but SAME is a miss."""
+
+    model: str  # a configured model name (a cheap one)
+    timeout_s: float = Field(default=2.0, gt=0)
+    prompt: str | None = None  # the system prompt; None = cache.semantic.judge.PROMPT
+    max_chars: int = Field(default=2000, ge=1)  # each question is cut to this
+    cache_ttl_s: float = Field(default=3600.0, gt=0)  # verdicts kept per question pair, in-process
+    cache_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+
+
 class SemanticCacheSettings(_Settings):
     """The semantic cache of a route (docs/caching.md): a near-duplicate last user message, in the
     same scope (model, system prompt, tools, parameters, earlier turns), is served the cached answer."""
@@ -124,6 +137,7 @@ class SemanticCacheSettings(_Settings):
     # For the packaged all-MiniLM-L6-v2 with verification: cache.semantic.DEFAULT_THRESHOLD, chosen on
     # bench/semantic_cache.py (bench/README.md). Another embedder needs its own figure.
     threshold: float = Field(default=0.84, gt=0, le=1)
+    verify: SemanticVerifyModel | None = None  # off by default: it costs a model call per candidate hit
 
 
 class CachePolicy(_Settings):
@@ -142,8 +156,10 @@ class CachePolicy(_Settings):
         fields = {name: getattr(self, name) for name in CachePolicy.model_fields}
         if override is not None:
             update = override.model_dump(exclude_unset=True)
-            if "semantic" in update:
-                update["semantic"] = self.semantic.model_copy(update=update["semantic"])
+            if "semantic" in update:  # validated again: a copy's update would keep ``verify`` a dict
+                update["semantic"] = SemanticCacheSettings.model_validate(
+                    self.semantic.model_dump(exclude_unset=True) | update["semantic"]
+                )
             fields.update(update)
         return CachePolicy(**fields)
 
@@ -772,6 +788,7 @@ __all__ = [
     "QueueSettings",
     "RateLimits",
     "SemanticCacheSettings",
+    "SemanticVerifyModel",
     "ServerSettings",
     "Settings",
     "SimulatorRef",

@@ -3,6 +3,7 @@ how a near-duplicate question finds one (``SemanticIndex``, implemented in ``cac
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 
@@ -22,8 +23,15 @@ class CacheBackend(Protocol):
 class SemanticIndex(Protocol):
     """Last user messages by meaning, within a scope (a hash of everything else in the request)."""
 
-    async def search(self, scope: str, query: str, threshold: float) -> tuple[str, float] | None:
-        """The best verified match in ``scope``: (entry_key, similarity), or None."""
+    async def search(
+        self,
+        scope: str,
+        query: str,
+        threshold: float,
+        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
+    ) -> tuple[str, float] | None:
+        """The best verified match in ``scope``: (entry_key, similarity), or None. ``confirm(query,
+        cached question)``, when given, has the last word on the one candidate that passed the rest."""
         ...
 
     async def add(self, scope: str, query: str, entry_key: str, ttl_s: float) -> None: ...

@@ -34,6 +34,7 @@ from .keys import Keys, deterministic, namespace
 
 if TYPE_CHECKING:
     from ..relay import Relay
+    from .semantic.judge import ModelVerifier
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,25 @@ def build_semantic_index(relay: Relay) -> SemanticIndex:
         raise ConfigError(f"The semantic cache cannot start ({exc}): {INSTALL_HINT}") from None
 
 
+def _model_verifiers(relay: Relay, policies: Mapping[str, CachePolicy]) -> dict[str, ModelVerifier]:
+    """One ``ModelVerifier`` per route with ``cache.semantic.verify`` (cache/semantic/judge.py)."""
+    from .semantic.judge import ModelVerifier
+
+    verifiers = {}
+    for name, policy in policies.items():
+        verify = policy.semantic.verify
+        if not policy.semantic.enabled or verify is None:
+            continue
+        try:
+            relay.catalog.get(verify.model)
+        except ModelNotFoundError:
+            raise ConfigError(
+                f"models.{name}.cache.semantic.verify: no model named {verify.model!r} is configured"
+            ) from None
+        verifiers[name] = ModelVerifier(verify, relay.handle)
+    return verifiers
+
+
 class CacheStage:
     def __init__(
         self,
@@ -71,6 +91,7 @@ class CacheStage:
         policies: Mapping[str, CachePolicy],
         *,
         semantic: SemanticIndex | None = None,
+        verifiers: Mapping[str, ModelVerifier] | None = None,
         max_entry_bytes: int = 1024 * 1024,
         timeout_s: float = 0.5,
     ) -> None:
@@ -83,6 +104,7 @@ class CacheStage:
             name: ",".join(sorted(d.key for d in catalog.get(name).deployments)) for name in self.policies
         }
         self.semantic = semantic
+        self.verifiers = dict(verifiers or {})  # model name -> the model that confirms its semantic hits
         self.max_entry_bytes = max_entry_bytes
         self.timeout_s = timeout_s
         # A store in this process answers at once: no timer per call for it (~5 us each).
@@ -98,14 +120,16 @@ class CacheStage:
             if policy.enabled:
                 policies[entry.name] = policy
         backend = build_backend(settings, relay.settings.redis_url)
-        semantic = None
+        semantic, verifiers = None, {}
         if any(p.semantic.enabled for p in policies.values()):
+            verifiers = _model_verifiers(relay, policies)  # first: a wrong name fails before the model loads
             semantic = build_semantic_index(relay)
         return cls(
             backend,
             relay.catalog,
             policies,
             semantic=semantic,
+            verifiers=verifiers,
             max_entry_bytes=settings.max_entry_bytes,
             timeout_s=settings.timeout_s,
         )
@@ -123,7 +147,8 @@ class CacheStage:
         if control.no_store or (policy.only_deterministic and not deterministic(call.request)):
             _mark(call, "bypass")
             return await next(call)
-        semantic = self.semantic is not None and policy.semantic.enabled
+        # A verifying model's own call is never answered by a semantic match (nor checked again).
+        semantic = self.semantic is not None and policy.semantic.enabled and "cache_probe" not in call.extra
         # A virtual key's entries follow its id, so rotating its secret keeps its cache.
         owner = call.key.id if call.key is not None else call.principal
         space = f"{namespace(owner, policy.shared)}|{self.upstreams[call.request.model]}"
@@ -152,8 +177,14 @@ class CacheStage:
         kind, similarity = "hit", None
         if entry is None and keys.scope is not None and self.semantic is not None:
             assert keys.query is not None
-            search = self.semantic.search(keys.scope, keys.query, policy.semantic.threshold)
-            found = await self._guarded(search, self.timeout_s)
+            verifier, timeout_s = self.verifiers.get(call.request.model), self.timeout_s
+            if verifier is None:
+                search = self.semantic.search(keys.scope, keys.query, policy.semantic.threshold)
+            else:  # the model's own timeout on top of the index's
+                confirm = verifier.for_call(call)
+                search = self.semantic.search(keys.scope, keys.query, policy.semantic.threshold, confirm)
+                timeout_s += verifier.settings.timeout_s
+            found = await self._guarded(search, timeout_s)
             if found is not None:
                 entry_key, similarity = found
                 entry = await self._get(entry_key)

@@ -13,7 +13,7 @@ defaults. The local embedder needs ``pip install 'llmrelay[semantic]'`` and the 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...errors import ConfigError
 from .embedders import INSTALL_HINT, Embedder, Encoder, HttpEmbedder, LocalEmbedder
 from .engine import LocalSemanticIndex
+from .judge import ModelVerifier
 from .redis_index import RedisSemanticIndex
 from .verify import Verifier
 
@@ -31,7 +32,13 @@ DEFAULT_THRESHOLD = 0.84
 
 
 class SemanticIndex(Protocol):
-    async def search(self, scope: str, query: str, threshold: float) -> tuple[str, float] | None:
+    async def search(
+        self,
+        scope: str,
+        query: str,
+        threshold: float,
+        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
+    ) -> tuple[str, float] | None:
         """The best verified match in ``scope``: (entry_key, similarity), or None."""
         ...
 
@@ -126,6 +133,7 @@ __all__ = [
     "HttpEmbedder",
     "LocalEmbedder",
     "LocalSemanticIndex",
+    "ModelVerifier",
     "RedisSemanticIndex",
     "SemanticIndex",
     "SemanticSettings",

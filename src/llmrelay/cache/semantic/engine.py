@@ -3,6 +3,8 @@
 A lookup embeds the last user message, asks the scope's partition for its few nearest entries at
 or above the threshold, and returns the first one the verifier accepts (most similar first): a
 near neighbour that differs in a number, a negation or a named thing is skipped, not served.
+When the route asks a model to confirm (``confirm``, judge.py), that one candidate is put to it
+last, and anything but a yes is a miss: one model call per lookup at most.
 An embedder failure is a miss, never an error: the cache only ever saves a call.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -66,7 +68,13 @@ class LocalSemanticIndex:
             self.index = ScopedIndex(len(vector), **self._index_args)  # type: ignore[arg-type]
         return self.index
 
-    async def search(self, scope: str, query: str, threshold: float) -> tuple[str, float] | None:
+    async def search(
+        self,
+        scope: str,
+        query: str,
+        threshold: float,
+        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
+    ) -> tuple[str, float] | None:
         query = query.strip()
         vector = await self._embed(query) if query and self.index is not None else None
         if vector is None or self.index is None:
@@ -81,6 +89,9 @@ class LocalSemanticIndex:
             # one, so an ambiguous match is a miss (off by default; bench/README.md has its cost).
             others = [s for j, (_, s) in enumerate(found) if j != i]
             if self.margin and others and similarity - max(others) < self.margin:
+                self.stats["rejected"] += 1
+                break
+            if confirm is not None and not await confirm(query, entry.text):
                 self.stats["rejected"] += 1
                 break
             self.index.touch(entry.label)

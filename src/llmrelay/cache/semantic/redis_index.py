@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -88,9 +89,15 @@ class RedisSemanticIndex(LocalSemanticIndex):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._synced.wait(), wait_s)
 
-    async def search(self, scope: str, query: str, threshold: float) -> tuple[str, float] | None:
+    async def search(
+        self,
+        scope: str,
+        query: str,
+        threshold: float,
+        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
+    ) -> tuple[str, float] | None:
         await self.start()
-        return await super().search(scope, query, threshold)
+        return await super().search(scope, query, threshold, confirm)
 
     async def _store(self, entry: Entry, vector: np.ndarray) -> None:
         await self.start()
