@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from llmrelay.routing.features import (
+    NUMBER_NAMES,
     OPTION_NAMES,
     QUESTION_NAMES,
+    number_features,
     option_features,
     question_features,
     split_question,
@@ -55,3 +57,20 @@ def test_options_that_differ_in_a_detail_are_more_alike_than_options_on_other_to
     sim_apart = feature(option_features(apart, embedder), OPTION_NAMES, "option_sim_mean")
     assert sim_close > sim_apart + 0.1
     assert option_features("No options here.", embedder).tolist() == [0.0] * len(OPTION_NAMES)
+
+
+def test_the_numbers_of_a_word_problem() -> None:
+    small = number_features("Tom has 3 apples and 2 pears. How many fruits does he have?")
+    big = number_features(
+        "A store sells 1,250 shirts at $12.50 each and 3,400 caps for 7 dollars. How much money in total?"
+    )
+    assert feature(big, NUMBER_NAMES, "max_log_value") == pytest.approx(np.log1p(3400))
+    assert feature(small, NUMBER_NAMES, "max_log_value") == pytest.approx(np.log1p(3))
+    assert feature(big, NUMBER_NAMES, "values_over_1000") == pytest.approx(np.log1p(2))
+    assert feature(big, NUMBER_NAMES, "non_integers") == pytest.approx(np.log1p(1))  # 12.50
+    assert (
+        feature(big, NUMBER_NAMES, "asks_how_much") == 1.0 and feature(big, NUMBER_NAMES, "asks_total") == 1.0
+    )
+    assert feature(big, NUMBER_NAMES, "units") == pytest.approx(np.log1p(1))  # dollars
+    # A run of digits too long for a float is capped, not infinite (an inf would make scores NaN).
+    assert np.isfinite(number_features("9" * 400 + " apples")).all()

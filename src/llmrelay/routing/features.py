@@ -16,6 +16,12 @@ options: the stem's length and numbers, the options' lengths and how much they v
 the stem ("NOT", "EXCEPT", "LEAST"), "Statement 1 | Statement 2" pairs, "all/none of the above",
 arithmetic operators, the words of multi-step word problems ("each", "per", "twice", "remaining").
 
+**Numbers of a word problem.** The size of the numbers (the largest, their mean and summed
+log-magnitude), how many are large or not whole, units of measure and how many kinds, the people
+named, and what the last sentence asks ("how much", "total"). On GSM8K the largest number alone
+lifted the counts' logistic regression from APGR 0.61 to 0.65: big operands are where the weak
+model's arithmetic slips.
+
 **Option similarity.** How alike the answer options are to each other and to the stem (cosines of
 their static embeddings): options that differ in a detail are harder to tell apart than options
 on different topics. On the MMLU dev set a logistic regression over these with the counts above
@@ -24,6 +30,7 @@ routed as well as the whole-prompt embedding (APGR 0.66 vs 0.66), and added ~0.0
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -41,6 +48,13 @@ _STEP_WORDS = re.compile(
     r"|fewer|average|ratio|every|double|triple)\b",
     re.IGNORECASE,
 )
+_UNIT = re.compile(
+    r"\b(hours?|minutes?|seconds?|days?|weeks?|months?|years?|miles?|km|feet|inches|pounds?|kg|grams?"
+    r"|liters?|gallons?|cups?|dollars?|cents?|percent)\b",
+    re.IGNORECASE,
+)
+_NAME = re.compile(r"(?<![.?!]\s)(?<!^)\b[A-Z][a-z]+\b")  # a capitalised word not opening a sentence
+_SENTENCE_BREAK = re.compile(r"(?<=[.?!])\s+")
 _ROMAN_ITEM = re.compile(r"\b[ivx]+\.|\bI{1,3}\.")
 _CLAUSE_END = re.compile(r"[.?!]\s")
 
@@ -85,6 +99,24 @@ QUESTION_NAMES = (
     "longest_stem_word",
     "stem_upper_share",
     "digit_share",
+)
+NUMBER_NAMES = (
+    "max_log_value",
+    "mean_log_value",
+    "sum_log_value",
+    "log_value_std",
+    "log_product_first_8",
+    "values_over_100",
+    "values_over_1000",
+    "non_integers",
+    "distinct_values",
+    "units",
+    "distinct_units",
+    "names",
+    "asks_how_much",
+    "asks_total",
+    "ands",
+    "sentences_split",
 )
 OPTION_NAMES = (
     "option_sim_mean",
@@ -163,6 +195,41 @@ def question_features(text: str) -> np.ndarray:
         sum(c.isdigit() for c in text) / (1 + len(text)),
     )
     return np.log1p(np.array(values, np.float64))
+
+
+def number_features(text: str) -> np.ndarray:
+    """Each of ``NUMBER_NAMES``: magnitudes as log(1 + value), counts as log(1 + count), float64."""
+    values = []
+    for number in _NUMBER.findall(text):
+        with contextlib.suppress(ValueError):  # "1.2.3": not one number
+            values.append(float(number.replace(",", "")))
+    # Capped: a 400-digit run is inf as a float, and one inf would make every score NaN.
+    v = np.minimum(np.array(values), 1e12) if values else np.zeros(1)
+    log_v = np.log1p(v)
+    sentences = [part for part in _SENTENCE_BREAK.split(text.strip()) if part]
+    last = (sentences[-1] if sentences else text).lower()
+    units = [unit.lower().rstrip("s") for unit in _UNIT.findall(text)]
+    return np.array(
+        [
+            log_v.max(),
+            log_v.mean(),
+            log_v.sum(),
+            log_v.std(),
+            np.log1p(np.prod(np.minimum(v[:8] + 1, 1e6))),  # capped: the product of 8 stays finite
+            np.log1p((v >= 100).sum()),
+            np.log1p((v >= 1000).sum()),
+            np.log1p((v != np.round(v)).sum()),
+            np.log1p(len(set(values))),
+            np.log1p(len(units)),
+            np.log1p(len(set(units))),
+            np.log1p(len(set(_NAME.findall(text)))),
+            "how much" in last,
+            "total" in last or "altogether" in last,
+            np.log1p(text.lower().count(" and ")),
+            np.log1p(len(sentences)),
+        ],
+        np.float64,
+    )
 
 
 def option_features(text: str, embedder: Any, max_tokens: int | None = None) -> np.ndarray:

@@ -14,8 +14,8 @@ small model (``learners``; features in ``features``):
 - ``embedding``: logistic regression over the prompt's static MiniLM embedding;
 - ``knn``: the share of the k most similar training prompts (by static embedding) on which the
   strong model did better, weighted by similarity ** 20;
-- ``structure``: logistic regression over shape counts, the question's wording and how alike its
-  answer options are (static embeddings of each option and the stem);
+- ``structure``: logistic regression over shape counts, the question's wording, the numbers of a
+  word problem, and how alike its answer options are (static embeddings of each option and stem);
 - ``shape``: the same without the option similarities, for routers without the embedding model.
 
 Each view predicts two things, whether the strong model does better and whether the weak one does
@@ -133,14 +133,16 @@ class _Inputs:
 
     ngrams: list[tuple[np.ndarray, np.ndarray]]
     vectors: np.ndarray | None  # static embeddings, when a view needs them
-    shapes: np.ndarray  # shape counts and question wording (the ``shape`` view)
+    shapes: np.ndarray  # shape counts, question wording, numbers (the ``shape`` view)
     options: np.ndarray | None  # answer-option similarities, with the embedder
 
     @classmethod
     def of(cls, texts: list[str], embedder: Any | None) -> _Inputs:
-        from .features import option_features, question_features, shape_features
+        from .features import number_features, option_features, question_features, shape_features
 
-        shapes = np.stack([np.concatenate([shape_features(t), question_features(t)]) for t in texts])
+        shapes = np.stack(
+            [np.concatenate([shape_features(t), question_features(t), number_features(t)]) for t in texts]
+        )
         if embedder is None:
             return cls([_ngram_features(t) for t in texts], None, shapes, None)
         vectors = embedder.embed_many(texts, max_tokens=MAX_TOKENS)
@@ -206,6 +208,7 @@ def _fit_views(inputs: _Inputs, outcomes: np.ndarray, views: tuple[str, ...]) ->
             mean, std = x.mean(0), x.std(0) + 1e-9
             w, b = _fit_pair(lambda y, z=(x - mean) / std: fit_dense_logreg(z, y, l2=1.0), outcomes)
             arrays |= {f"{view}.w": w, f"{view}.b": b, f"{view}.mean": mean, f"{view}.std": std}
+            arrays |= {f"{view}.low": x.min(0), f"{view}.high": x.max(0)}
     return arrays
 
 
@@ -237,6 +240,9 @@ def _view_scores(
     for view in ("structure", "shape"):
         if view in views:
             x = inputs.structure if view == "structure" else inputs.shapes
+            # Clipped to the training range: a linear model extrapolating a count or a magnitude it
+            # never saw (a 50-digit number, a 30-page prompt) would swamp every other feature.
+            x = np.clip(x, arrays[f"{view}.low"], arrays[f"{view}.high"])
             standard = (x - arrays[f"{view}.mean"]) / arrays[f"{view}.std"]
             out[view] = _gain(standard @ arrays[f"{view}.w"] + arrays[f"{view}.b"])
     return out
