@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from llmrelay.routing.evaluation import router_curve
-from llmrelay.routing.trained import TEXT_VIEWS, Example, train
+from llmrelay.routing.trained import TEXT_VIEWS, VIEWS, Example, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = {
@@ -252,7 +252,7 @@ def main() -> None:
     if not args.no_tfidf:
         routers["tfidf-lr"] = fit_tfidf
     routers["trained-text"] = fit_trained(TEXT_VIEWS)
-    routers["trained"] = fit_trained(("ngram", "embedding", "knn", "shape"))
+    routers["trained"] = fit_trained(VIEWS)
     for name in args.sets:
         results = evaluate(name, routers, args.folds, args.repeats)
         report(name, results, load(name), args.folds, args.repeats)

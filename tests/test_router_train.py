@@ -68,11 +68,24 @@ def test_learns_which_prompts_need_the_strong_model(router: TrainedRouter) -> No
     assert min(map(router.score, paraphrased_hard)) > max(map(router.score, paraphrased_easy))
 
 
-def test_views_are_chosen_among_the_candidates(router: TrainedRouter, rows: list[dict]) -> None:
-    assert router.views and set(router.views) <= {"ngram", "embedding", "knn", "shape"}
+def test_views_are_weighted_among_the_candidates(router: TrainedRouter, rows: list[dict]) -> None:
+    assert router.views and set(router.views) <= {"ngram", "embedding", "knn", "structure"}
     assert all(f"{view}.cdf" in router.arrays for view in router.views)
+    assert all(w > 0 for w in router.weights.values()) and sum(router.weights.values()) == pytest.approx(1)
     with pytest.raises(ConfigError, match="views must be some of"):
         train(rows, views=["ngram", "telepathy"])
+
+
+def test_a_view_no_better_than_chance_is_left_out() -> None:
+    # Both kinds of prompt have the same length, counts and punctuation: only the words differ, so
+    # the shape view scores every prompt alike (APGR 0.5) and must not dilute the n-gram view.
+    rows = [
+        {"prompt": f"{'prove' if i % 2 else 'hello'} item {i % 10}", "label": "strong" if i % 2 else "weak"}
+        for i in range(60)
+    ]
+    router = train(rows, seed=0, views=["ngram", "shape"])
+    assert router.views == ("ngram",) and router.weights == {"ngram": 1.0}
+    assert router.score("prove item 3") > router.score("hello item 3")
 
 
 def test_threshold_meets_the_strong_share_on_out_of_fold_scores(router: TrainedRouter) -> None:

@@ -6,23 +6,26 @@
     router.score(prompt_text(messages)) >= router.threshold   # -> send to the strong model
 
 Each row says how the weak and the strong model did on one prompt (``examples.example_from_row``).
-The router estimates how likely the strong model is to do better, from four views of the prompt,
-each a small model (``learners``):
+The router estimates how likely the strong model is to do better, from views of the prompt, each a
+small model (``learners``; features in ``features``):
 
 - ``ngram``: logistic regression over hashed word 1-2-grams (the featuriser of the injection
   detector, ``guardrails.injection_features``);
-- ``embedding``: logistic regression over the prompt's static MiniLM embedding (``features``);
+- ``embedding``: logistic regression over the prompt's static MiniLM embedding;
 - ``knn``: the share of the k most similar training prompts (by static embedding) on which the
   strong model did better, weighted by similarity ** 20;
-- ``shape``: logistic regression over length and number counts.
+- ``structure``: logistic regression over shape counts, the question's wording, the numbers of a
+  word problem, and how alike its answer options are (static embeddings of each option and stem);
+- ``shape``: the same without the option similarities, for routers without the embedding model.
 
 Each view predicts two things, whether the strong model does better and whether the weak one does
 (it sometimes does: 262 of 4,801 MMLU questions), and scores their difference, the expected gain of
 calling the strong model. The views' scores live on different scales, so each is mapped to its
-percentile among out-of-fold training scores, and the router's score is the mean percentile (a
-rank average) over the views that routed best together in cross-validation on the training data.
-The threshold is calibrated on those cross-validated scores, so it holds on prompts the model has
-not seen. Scoring is numpy alone (plus the tokenizer); bench/routing.py measures its cost.
+percentile among out-of-fold training scores, and the router's score is a weighted mean percentile,
+each view weighted by how much better than chance it routed in cross-validation on the training data
+(its APGR - 0.5; a view no better than chance is dropped). The threshold is calibrated on those
+cross-validated scores, so it holds on prompts the model has not seen. Scoring is numpy alone (plus
+the tokenizer); bench/routing.py measures its cost.
 """
 
 from __future__ import annotations
@@ -45,13 +48,14 @@ from .learners import SparseRows, fit_dense_logreg, fit_sparse_logreg, knn_mean,
 
 __all__ = ["TrainedRouter", "train", "prompt_text", "Example", "example_from_row", "examples_from_rows"]
 
-FORMAT = "llmrelay-trained-router/2"
+FORMAT = "llmrelay-trained-router/3"
 # Word 1-2-grams only (char_n is an empty range): character n-grams routed no better in the bench
 # and made training ten times slower.
 NGRAMS = {"bits": 16, "char_n": [1, 0], "word_n": 2}
-VIEWS = ("ngram", "embedding", "knn", "shape")
+ALL_VIEWS = ("ngram", "embedding", "knn", "structure", "shape")
+VIEWS = ("ngram", "embedding", "knn", "structure")  # the default
 TEXT_VIEWS = ("ngram", "shape")  # the views that need no embedding model
-_NEEDS_VECTORS = {"embedding", "knn"}
+_NEEDS_VECTORS = {"embedding", "knn", "structure"}
 LEVELS = 101  # percentiles stored per view
 MAX_TOKENS = 512  # word pieces of a prompt the embedding reads: bounds the cost of a huge prompt
 KNN_POWER = 20.0  # neighbours weighted by similarity ** 20: the closest few count most (bench/routing.py)
@@ -73,11 +77,16 @@ class TrainedRouter:
     def score(self, text: str) -> float:
         return float(self.score_many([text])[0])
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each view's weight in the score (they sum to 1)."""
+        return dict(zip(self.views, self.config["weights"], strict=True))
+
     def score_many(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros(0)
         inputs = _Inputs.of(texts, self._embedder_if_needed())
-        return _mean_percentile(self.arrays, _view_scores(self.arrays, self.views, inputs))
+        return _mean_percentile(self.arrays, _view_scores(self.arrays, self.views, inputs), self.weights)
 
     def _embedder_if_needed(self):  # type: ignore[no-untyped-def]
         if self._embedder is None and _NEEDS_VECTORS & set(self.views):
@@ -124,18 +133,32 @@ class _Inputs:
 
     ngrams: list[tuple[np.ndarray, np.ndarray]]
     vectors: np.ndarray | None  # static embeddings, when a view needs them
-    shapes: np.ndarray
+    shapes: np.ndarray  # shape counts, question wording, numbers (the ``shape`` view)
+    options: np.ndarray | None  # answer-option similarities, with the embedder
 
     @classmethod
     def of(cls, texts: list[str], embedder: Any | None) -> _Inputs:
-        from .features import shape_features
+        from .features import number_features, option_features, question_features, shape_features
 
-        vectors = embedder.embed_many(texts, max_tokens=MAX_TOKENS) if embedder is not None else None
-        return cls([_ngram_features(t) for t in texts], vectors, np.stack([shape_features(t) for t in texts]))
+        shapes = np.stack(
+            [np.concatenate([shape_features(t), question_features(t), number_features(t)]) for t in texts]
+        )
+        if embedder is None:
+            return cls([_ngram_features(t) for t in texts], None, shapes, None)
+        vectors = embedder.embed_many(texts, max_tokens=MAX_TOKENS)
+        options = np.stack([option_features(t, embedder, MAX_TOKENS) for t in texts])
+        return cls([_ngram_features(t) for t in texts], vectors, shapes, options)
+
+    @property
+    def structure(self) -> np.ndarray:
+        """The ``structure`` view's features: shapes and option similarities."""
+        assert self.options is not None
+        return np.hstack([self.shapes, self.options])
 
     def take(self, idx: np.ndarray) -> _Inputs:
         vectors = self.vectors[idx] if self.vectors is not None else None
-        return _Inputs([self.ngrams[i] for i in idx], vectors, self.shapes[idx])
+        options = self.options[idx] if self.options is not None else None
+        return _Inputs([self.ngrams[i] for i in idx], vectors, self.shapes[idx], options)
 
 
 def _fit_pair(
@@ -179,10 +202,13 @@ def _fit_views(inputs: _Inputs, outcomes: np.ndarray, views: tuple[str, ...]) ->
             "knn.k": np.int64(k),
             "knn.power": np.float64(KNN_POWER),
         }
-    if "shape" in views:
-        mean, std = inputs.shapes.mean(0), inputs.shapes.std(0) + 1e-9
-        w, b = _fit_pair(lambda y: fit_dense_logreg((inputs.shapes - mean) / std, y, l2=1.0), outcomes)
-        arrays |= {"shape.w": w, "shape.b": b, "shape.mean": mean, "shape.std": std}
+    for view in ("structure", "shape"):
+        if view in views:
+            x = inputs.structure if view == "structure" else inputs.shapes
+            mean, std = x.mean(0), x.std(0) + 1e-9
+            w, b = _fit_pair(lambda y, z=(x - mean) / std: fit_dense_logreg(z, y, l2=1.0), outcomes)
+            arrays |= {f"{view}.w": w, f"{view}.b": b, f"{view}.mean": mean, f"{view}.std": std}
+            arrays |= {f"{view}.low": x.min(0), f"{view}.high": x.max(0)}
     return arrays
 
 
@@ -211,15 +237,23 @@ def _view_scores(
             int(arrays["knn.k"]),
             float(arrays["knn.power"]),
         )
-    if "shape" in views:
-        standard = (inputs.shapes - arrays["shape.mean"]) / arrays["shape.std"]
-        out["shape"] = _gain(standard @ arrays["shape.w"] + arrays["shape.b"])
+    for view in ("structure", "shape"):
+        if view in views:
+            x = inputs.structure if view == "structure" else inputs.shapes
+            # Clipped to the training range: a linear model extrapolating a count or a magnitude it
+            # never saw (a 50-digit number, a 30-page prompt) would swamp every other feature.
+            x = np.clip(x, arrays[f"{view}.low"], arrays[f"{view}.high"])
+            standard = (x - arrays[f"{view}.mean"]) / arrays[f"{view}.std"]
+            out[view] = _gain(standard @ arrays[f"{view}.w"] + arrays[f"{view}.b"])
     return out
 
 
-def _mean_percentile(arrays: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> np.ndarray:
+def _mean_percentile(
+    arrays: dict[str, np.ndarray], scores: dict[str, np.ndarray], weights: Mapping[str, float]
+) -> np.ndarray:
+    """Each view's score as its percentile among the training prompts' scores, weighted-averaged."""
     levels = np.linspace(0, 1, LEVELS)
-    return np.mean([np.interp(s, arrays[f"{v}.cdf"], levels) for v, s in scores.items()], axis=0)
+    return np.sum([weights[v] * np.interp(s, arrays[f"{v}.cdf"], levels) for v, s in scores.items()], axis=0)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -240,8 +274,8 @@ def train(
     The threshold sends ``strong_share`` of the training prompts to the strong model, or, with
     ``target_quality``, the fewest that keep the routed performance at that fraction of the
     all-strong performance. ``views`` are the candidate views (``TEXT_VIEWS`` need no embedding
-    model); the router keeps the subset whose mean percentile has the best cross-validated APGR.
-    ``config["report"]`` says what was done (rows, views kept, cross-validated APGR and CPT).
+    model); each is weighted by its cross-validated APGR - 0.5, and one no better than chance is
+    dropped. ``config["report"]`` says what was done (rows, cross-validated APGR and CPT).
     """
     views = _check(views, strong_share, target_quality)
     examples = examples_from_rows(rows)
@@ -262,14 +296,14 @@ def train(
         if out_of_fold
         else {}
     )
-    if measurable:
-        views = _best_views(tables, out_of_fold, weak, strong)
+    weights = _view_weights(out_of_fold, weak, strong) if measurable else {v: 1 / len(views) for v in views}
+    views = tuple(weights)
     arrays = _fit_views(inputs, outcomes, views)
     if out_of_fold is None:  # too few rows to cross-validate: in-sample scores, the best there is
         out_of_fold = _view_scores(arrays, views, inputs)
         tables = {f"{v}.cdf": np.quantile(out_of_fold[v], np.linspace(0, 1, LEVELS)) for v in views}
     arrays |= {f"{v}.cdf": tables[f"{v}.cdf"] for v in views}
-    scores = _mean_percentile(arrays, {v: out_of_fold[v] for v in views})
+    scores = _mean_percentile(arrays, {v: out_of_fold[v] for v in views}, weights)
     threshold, share, quality = _calibrate(scores, weak, strong, strong_share, target_quality)
     report: dict[str, Any] = {
         "rows": len(examples),
@@ -290,39 +324,45 @@ def train(
             "cv_cpt50": round(curve.cpt(0.5), 2),
             "cv_cpt80": round(curve.cpt(0.8), 2),
         }
-    config = {"views": list(views), "ngrams": NGRAMS, "report": report}
+    config = {
+        "views": list(views),
+        "weights": [weights[v] for v in views],
+        "ngrams": NGRAMS,
+        "report": report,
+    }
     return TrainedRouter(threshold, arrays, config, embedder if _NEEDS_VECTORS & set(views) else None)
 
 
 def _check(views: Iterable[str], strong_share: float, target_quality: float | None) -> tuple[str, ...]:
     chosen = set(views)
-    if not chosen or chosen - set(VIEWS):
+    if not chosen or chosen - set(ALL_VIEWS):
         raise ConfigError(
-            f"views must be some of {', '.join(VIEWS)}, not {', '.join(sorted(chosen)) or 'none'}"
+            f"views must be some of {', '.join(ALL_VIEWS)}, not {', '.join(sorted(chosen)) or 'none'}"
         )
     if not 0.0 <= strong_share <= 1.0:
         raise ConfigError(f"strong_share must be between 0 and 1, not {strong_share}")
     if target_quality is not None and not 0.0 < target_quality <= 1.0:
         raise ConfigError(f"target_quality must be in (0, 1], not {target_quality}")
-    return tuple(v for v in VIEWS if v in chosen)
+    return tuple(v for v in ALL_VIEWS if v in chosen)
 
 
-def _best_views(
-    tables: dict[str, np.ndarray], out_of_fold: dict[str, np.ndarray], weak: np.ndarray, strong: np.ndarray
-) -> tuple[str, ...]:
-    """The subset of views whose mean percentile routes best (cross-validated APGR; ties: more views).
+def _view_weights(
+    out_of_fold: dict[str, np.ndarray], weak: np.ndarray, strong: np.ndarray
+) -> dict[str, float]:
+    """Each view's weight: its cross-validated APGR - 0.5 (how much better than chance it routes),
+    normalised to sum to 1; views no better than chance are left out (all kept, equal, if none is).
 
-    A view that helps on one kind of traffic can hurt on another (the nearest-neighbour view on
-    GSM8K, where every prompt is an arithmetic word problem), so the data decides.
+    A view that helps on one kind of traffic can be weak on another (the nearest-neighbour view on
+    GSM8K, where every prompt is an arithmetic word problem), so the data sets the weights. Picking
+    the best subset of views instead, as v2 did, fitted the fold noise: 0.662 against 0.670 for
+    equal weights on MMLU in the bench's outer cross-validation.
     """
-    views = tuple(out_of_fold)
-    best: tuple[float, int, tuple[str, ...]] | None = None
-    for mask in range(1, 1 << len(views)):
-        subset = tuple(v for i, v in enumerate(views) if mask >> i & 1)
-        apgr = router_curve(_mean_percentile(tables, {v: out_of_fold[v] for v in subset}), weak, strong).apgr
-        if best is None or (round(apgr, 6), len(subset)) > (round(best[0], 6), best[1]):
-            best = (apgr, len(subset), subset)
-    return best[2] if best else views
+    edge = {v: router_curve(s, weak, strong).apgr - 0.5 for v, s in out_of_fold.items()}
+    useful = {v: e for v, e in edge.items() if e > 1e-6}  # 0.5 itself comes out as 0.5 +- rounding
+    if not useful:
+        return {v: 1 / len(edge) for v in edge}
+    total = sum(useful.values())
+    return {v: e / total for v, e in useful.items()}
 
 
 def _cross_validated(
