@@ -21,7 +21,7 @@ from llmrelay.observability.records import CallRecord
 from llmrelay.observability.sqlite_store import SqliteCallStore
 from llmrelay.observability.writer import JournalWriter
 
-from .conftest import calllog_gateway_config, free_port, start_process, stop_process
+from .conftest import calllog_gateway_config, free_port, recorded, start_process, stop_process
 from .factories import call_record
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -122,13 +122,14 @@ async def test_a_journal_left_by_a_dead_process_is_replayed_without_duplicates(t
     assert len(await _all(home / "calls.db")) == 100
 
 
-async def test_unreadable_journal_lines_are_skipped(tmp_path, caplog):
+async def test_unreadable_journal_lines_are_set_aside(tmp_path, caplog):
     home = tmp_path / "home"
     home.mkdir()
     journal = Appender(home)
     journal.append(orjson.dumps(record(1)) + b"\n")
-    for bad in (b'{"id": "req_not_json"', b"[1, 2]", b"17", b'{"id": "req_no_fields"}'):
-        journal.append(bad + b"\n")
+    bad = [b'{"id": "req_not_json"', b"[1, 2]", b"17", b'{"id": "req_no_fields"}']
+    for line in bad:
+        journal.append(line + b"\n")
     journal.append(orjson.dumps(record(2)) + b"\n")
     store = SqliteCallStore(tmp_path / "calls.db")
     await store.open()
@@ -139,7 +140,82 @@ async def test_unreadable_journal_lines_are_skipped(tmp_path, caplog):
     finally:
         journal.close()
         await store.close()
-    assert caplog.text.count("skipping an unreadable journal line") == 4
+    assert _rejected(home) == bad
+    assert caplog.text.count("set aside in rejected-") == 4
+
+
+def poison(i: int, **fields) -> bytes:
+    """A journal line for record ``i`` with ``fields`` changed as JSON (what no CallRecord allows)."""
+    return orjson.dumps({**orjson.loads(orjson.dumps(record(i))), **fields})
+
+
+async def test_records_the_store_refuses_are_set_aside_and_the_rest_go_in(tmp_path, caplog):
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    bad = {
+        7: poison(7, prompt_tokens=2**63),  # over SQLite's 64-bit INTEGER: refused by the store
+        8: poison(8, attempts=[{**orjson.loads(orjson.dumps(record(8)))["attempts"][0], "n": 2**63}]),
+        150: poison(150, completion_tokens="12"),  # SQLite would store the text and break reports
+        151: poison(151, latency_ms=None),  # NOT NULL
+        299: poison(299, cost_exact=1),
+    }
+    for i in range(300):
+        journal.append(bad.get(i, orjson.dumps(record(i))) + b"\n")
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    writer = JournalWriter(store, home, batch_size=100)
+    try:
+        assert await writer.drain() == 300
+        assert journal.uncommitted() == 0  # nothing holds up the log
+        stored = {r.id for r in await store.recent(limit=1000)}
+        assert stored == {record(i).id for i in range(300) if i not in bad}
+    finally:
+        journal.close()
+        await store.close()
+    assert writer.rejected == 5
+    assert sorted(_rejected(home)) == sorted(bad.values())  # as they were: fix them, replay them
+    assert caplog.text.count("set aside in rejected-") == 5
+    assert "SQLite refused a record: Python int too large" in caplog.text
+
+
+async def test_a_locked_store_keeps_every_record_and_sets_none_aside(tmp_path):
+    import sqlite3
+
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    for i in range(120):
+        journal.append(orjson.dumps(record(i)) + b"\n")
+    store = SqliteCallStore(tmp_path / "calls.db", busy_timeout_s=0.05)
+    await store.open()
+    other = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: "database is locked"
+    writer = JournalWriter(store, home, batch_size=50, flush_interval_s=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        assert await wait_for(lambda: _false(writer.store_healthy))
+        await asyncio.sleep(0.3)  # a few retries
+        assert journal.uncommitted() == 120 and writer.rejected == 0
+        other.execute("COMMIT")  # the lock is released
+        assert await wait_for(lambda: _count(store, 120))
+        assert journal.uncommitted() == 0
+    finally:
+        stop.set()
+        await task
+        other.close()
+        journal.close()
+        await store.close()
+    assert writer.rejected == 0 and _rejected(home) == []
+
+
+async def _false(value: bool) -> bool:
+    return not value
+
+
+def _rejected(home: Path) -> list[bytes]:
+    return [line for path in sorted(home.glob("rejected-*.jsonl")) for line in path.read_bytes().splitlines()]
 
 
 async def _zero(log: CallLog) -> bool:
@@ -355,3 +431,55 @@ async def test_calls_turned_away_before_the_pipeline_are_on_record_too(gateway_h
     field = records[bad_field.headers["x-llmrelay-request-id"]]
     assert field.status == "error:InvalidRequestError" and field.end_user == "bob"
     assert "messages" in field.error_message
+
+
+async def test_a_refused_record_shows_on_metrics_and_the_log_goes_on(gateway_home, tmp_path):
+    path, home = gateway_home
+    home.mkdir()
+    # Left by an earlier gateway (slot 9): one good record, one no store can hold.
+    segment_path(home, 9, 1).write_bytes(
+        orjson.dumps(record(1)) + b"\n" + poison(2, reasoning_tokens=2**63) + b"\n"
+    )
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+            raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+        await recorded(home, raw.headers["x-llmrelay-request-id"])  # the log goes on
+        deadline = time.monotonic() + 10
+        while "llmrelay_calllog_rejected_records 1.0" not in (
+            metrics := httpx.get(server.url + "/metrics").text
+        ):
+            assert time.monotonic() < deadline, metrics
+            await asyncio.sleep(0.05)
+    finally:
+        stop_process(server)
+    assert record(1).id in {r.id for r in await _all(home / "calls.db")}
+    assert _rejected(home) == [poison(2, reasoning_tokens=2**63)]
+    assert "set aside in rejected-" in server.log()
+
+
+async def test_absurd_token_counts_from_an_upstream_are_capped_not_refused(tmp_path):
+    from llmrelay.observability.records import MAX_TOKENS
+    from llmrelay.pipeline import Call
+    from llmrelay.types import ChatRequest, Usage
+
+    call = Call(request=ChatRequest(model="m", messages=HELLO), requested_model="m", status="success")
+    call.usage = Usage(prompt_tokens=2**70, completion_tokens=2**40, reasoning_tokens=7)
+    built = CallRecord.from_call(call)
+    assert (built.prompt_tokens, built.completion_tokens, built.reasoning_tokens) == (
+        MAX_TOKENS,
+        MAX_TOKENS,
+        7,
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    journal.append(orjson.dumps(built) + b"\n")  # what submit() writes: 2**70 would not even serialize
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    try:
+        assert await JournalWriter(store, home).drain() == 1
+        assert (await store.get(built.id)).prompt_tokens == MAX_TOKENS
+    finally:
+        journal.close()
+        await store.close()

@@ -8,6 +8,13 @@ makes one of them drain every slot while the others wait to take over.
 
     python -m llmrelay.observability.writer DIRECTORY STORE_URL [--batch-size N] ...
 
+A record the store refuses for its data (``RejectedRecord``: a number out of range, a NUL, a
+value of the wrong type) would fail the same way at every retry and hold up the whole log behind it.
+So the writer narrows a refused batch down by halves, commits the rest, and appends each refused
+line, as it was in the journal, to ``rejected-<UTC date>.jsonl`` beside the journal, with one
+warning in the log; lines that are not a record at all go there too. A store that is down, locked
+or full raises something else: then nothing moves and the batch is tried again until it goes in.
+
 It stops on SIGTERM, or when the process that started it is gone (even killed with SIGKILL), after
 draining what is in the journal (bounded by ``--drain-s``). SIGINT is ignored: a Ctrl-C in a
 terminal reaches the whole process group, and the gateway stops its writer itself, after its last
@@ -24,12 +31,13 @@ import logging
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from .journal import Checkpoint, segment_path, segments
-from .records import CallRecord, CallStore
+from .journal import Checkpoint, rejected_path, segment_path, segments
+from .records import CallRecord, CallStore, RejectedRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ class JournalWriter:
         self.flush_interval_s = flush_interval_s
         self.retention_s = retention_s
         self.store_healthy = True
+        self.rejected = 0  # lines set aside by this writer
         self._last_prune = 0.0
 
     async def run(self, stop: asyncio.Event, drain_s: float = 10.0) -> None:
@@ -135,12 +144,49 @@ class JournalWriter:
                 f.seek(done.offset + end)
                 for start in range(0, len(lines), self.batch_size):
                     batch = lines[start : start + self.batch_size]
-                    await self.store.write(_parse(batch))
+                    await self._commit(self._parse(batch))
                     done = Checkpoint(
                         done.seq, done.offset + sum(map(len, batch)) + len(batch), done.lines + len(batch)
                     )
                     done.write(self.directory, slot)
                     written += len(batch)
+
+    def _parse(self, lines: list[bytes]) -> list[tuple[bytes, CallRecord]]:
+        parsed = []
+        for line in lines:
+            try:
+                data = orjson.loads(line)
+                if type(data) is not dict:  # else from_dict's AttributeError would stop the writer for good
+                    raise TypeError(f"a JSON {type(data).__name__}, not an object")
+                parsed.append((line, CallRecord.from_dict(data)))
+            except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+                self._reject(line, f"not a call record ({type(exc).__name__}: {exc})")
+        return parsed
+
+    async def _commit(self, batch: list[tuple[bytes, CallRecord]]) -> None:
+        """Write ``batch``; when the store refuses it for its data, each half on its own, down to
+        the records at fault (~2 log2(n) writes for one bad record in n), which are set aside.
+        Any other error propagates, and the whole batch stays in the journal."""
+        if not batch:
+            return
+        try:
+            await self.store.write([record for _, record in batch])
+        except RejectedRecord as exc:
+            if len(batch) == 1:
+                self._reject(batch[0][0], str(exc))
+                return
+            half = len(batch) // 2
+            await self._commit(batch[:half])  # committed halves are not undone by a later outage:
+            await self._commit(batch[half:])  # the replay skips the ids already stored
+
+    def _reject(self, line: bytes, reason: str) -> None:
+        path = rejected_path(self.directory, datetime.now(UTC).date())
+        with path.open("ab") as f:
+            f.write(line + b"\n")
+        self.rejected += 1
+        log.warning(
+            "call log: a record was refused and set aside in %s: %s: %r", path.name, reason, line[:200]
+        )
 
     async def _prune(self) -> None:
         if not self.retention_s or time.monotonic() - self._last_prune < 3600:
@@ -150,19 +196,6 @@ class JournalWriter:
             await self.store.prune(time.time() - self.retention_s)
         except Exception as exc:  # retention can wait for the next round
             log.warning("call log: pruning old records failed: %s", exc)
-
-
-def _parse(lines: list[bytes]) -> list[CallRecord]:
-    records = []
-    for line in lines:
-        try:
-            data = orjson.loads(line)
-            if type(data) is not dict:  # else from_dict's AttributeError would stop the writer for good
-                raise TypeError(f"a JSON {type(data).__name__}, not an object")
-            records.append(CallRecord.from_dict(data))
-        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
-            log.error("call log: skipping an unreadable journal line (%s): %r", exc, line[:200])
-    return records
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
