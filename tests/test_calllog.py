@@ -36,10 +36,10 @@ class FlakyStore(SqliteCallStore):
 
     down = False
 
-    async def write(self, records):
+    async def write_json(self, records):  # what the writer calls
         if self.down:
             raise ConnectionError("database is down")
-        await super().write(records)
+        await super().write_json(records)
 
 
 async def wait_for(predicate, timeout=10.0):
@@ -483,3 +483,24 @@ async def test_absurd_token_counts_from_an_upstream_are_capped_not_refused(tmp_p
     finally:
         journal.close()
         await store.close()
+
+
+async def test_what_the_writer_stores_reads_back_as_the_record_submitted(tmp_path):
+    full = record(
+        1,
+        api_key_id="key_1",
+        end_user="alice",
+        stream=True,
+        ttft_ms=12.5,
+        extra={"route": {"rule": "cheap", "tags": ["a"]}, "cache": "miss"},
+        request_body={"model": "m", "messages": [{"role": "user", "content": "héllo ;'\""}]},
+        response_body={"choices": [{"message": {"content": "hi"}}], "usage": None},
+    )
+    bare = record(2, model=None, provider=None, upstream_model=None, cost_usd=None, attempts=[])
+    log = CallLog("sqlite:///calls.db", tmp_path / "home", flush_interval_s=0.05)
+    await log.start()
+    log.submit(full)
+    log.submit(bare)
+    await log.aclose()
+    stored = {r.id: r for r in await _all(tmp_path / "home" / "calls.db")}
+    assert stored == {full.id: full, bare.id: bare}

@@ -182,6 +182,10 @@ class PostgresCallStore:
             except _DATA_ERRORS as exc:
                 raise RejectedRecord(f"PostgreSQL refused a record: {exc}") from exc
 
+    async def write_json(self, records: list[dict[str, Any]]) -> None:
+        """``write`` for records in JSON form that passed ``CallRecord.check``."""
+        await self.write([CallRecord.from_dict(r, checked=True) for r in records])
+
     async def _ensure_partitions(self, conn: asyncpg.Connection, days: set[date]) -> None:
         missing = days - self._partitions
         if not missing:

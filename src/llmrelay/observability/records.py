@@ -169,19 +169,24 @@ class CallRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CallRecord:
-        """A record from its ``to_dict`` (or JSON) form, every field of the type it is declared
-        with: a ``TypeError`` (or ``KeyError``) names the first one that is not, so a journal line
-        written by something else (or damaged) is refused here rather than stored wrong. SQLite
-        would take ``"12"`` for a token count without complaint and break the reports later."""
+    def from_dict(cls, data: dict[str, Any], *, checked: bool = False) -> CallRecord:
+        """A record from its ``to_dict`` (or JSON) form; ``checked``: ``check`` has passed it."""
+        if not checked:
+            cls.check(data)
+        attempts = [AttemptRecord(**a) for a in data.get("attempts") or ()]
+        return cls(**{**data, "attempts": attempts})
+
+    @staticmethod
+    def check(data: dict[str, Any]) -> None:
+        """That ``data`` is a record in JSON form, every field of the type it is declared with
+        (attempts included): a ``TypeError`` (or ``KeyError``) names the first field that is not.
+        A journal line written by something else (or damaged) is refused here rather than stored
+        wrong: SQLite would take ``"12"`` for a token count without a word and break the reports."""
         _check(data, _CALL_TYPES)
-        attempts = []
         for a in data.get("attempts") or ():
             if type(a) is not dict:
                 raise TypeError(f"attempts: a JSON {type(a).__name__}, not an object")
             _check(a, _ATTEMPT_TYPES)
-            attempts.append(AttemptRecord(**a))
-        return cls(**{**data, "attempts": attempts})
 
 
 # Column order for the stores: the record's fields, attempts in a table of their own.
@@ -269,6 +274,10 @@ class CallStore(Protocol):
     async def open(self) -> None: ...  # connect and apply migrations
 
     async def write(self, records: list[CallRecord]) -> None: ...  # idempotent on id
+
+    # The same for records in JSON form that passed CallRecord.check (the writer's journal lines):
+    # a store may build its rows from them directly, without a CallRecord each.
+    async def write_json(self, records: list[dict[str, Any]]) -> None: ...
 
     async def recent(
         self,
