@@ -504,3 +504,61 @@ async def test_what_the_writer_stores_reads_back_as_the_record_submitted(tmp_pat
     await log.aclose()
     stored = {r.id: r for r in await _all(tmp_path / "home" / "calls.db")}
     assert stored == {full.id: full, bare.id: bare}
+
+
+class CountingStore(SqliteCallStore):
+    """A real SQLite store that counts the batches it is given."""
+
+    batches = 0
+
+    async def write_json(self, records):
+        self.batches += 1
+        await super().write_json(records)
+
+
+async def test_a_steady_trickle_of_records_goes_in_as_batches_not_one_commit_each(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    store = CountingStore(tmp_path / "calls.db")
+    await store.open()
+    writer = JournalWriter(store, home, flush_interval_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    lines = [orjson.dumps(record(i)) + b"\n" for i in range(3000)]
+
+    def gateway() -> None:  # ~1 s of a busy gateway: a call every ~0.3 ms, as a separate process would
+        for line in lines:
+            journal.append(line)
+            time.sleep(0.0003)
+
+    try:
+        await asyncio.to_thread(gateway)
+        assert await wait_for(lambda: _count(store, 3000))
+    finally:
+        stop.set()
+        await task
+        journal.close()
+        await store.close()
+    # One batch per flush interval (~5-10), not one per few records (hundreds).
+    assert store.batches <= 30, store.batches
+
+
+async def test_a_line_longer_than_a_read_goes_in(tmp_path, monkeypatch):
+    from llmrelay.observability import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_READ_BYTES", 2000)  # a record with a 4 MB body, in small
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    big = record(1, response_body={"text": "x" * 5000})
+    for r in (big, record(2)):
+        journal.append(orjson.dumps(r) + b"\n")
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    try:
+        assert await JournalWriter(store, home).drain() == 2
+        assert (await store.get(big.id)) == big and journal.uncommitted() == 0
+    finally:
+        journal.close()
+        await store.close()

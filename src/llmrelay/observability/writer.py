@@ -138,6 +138,9 @@ class JournalWriter:
             f.seek(done.offset)
             while True:
                 data = f.read(_READ_BYTES)
+                at_end = len(data) < _READ_BYTES
+                if not at_end and b"\n" not in data:  # one line longer than a read: to its end
+                    data += f.readline()
                 end = data.rfind(b"\n") + 1  # a line still being written is not ours to read yet
                 if not end:
                     return done, written
@@ -151,6 +154,12 @@ class JournalWriter:
                     )
                     done.write(self.directory, slot)
                     written += len(batch)
+                if at_end:
+                    # What was appended meanwhile waits for the next pass. Reading on at once would
+                    # chase a steady stream of records with a commit every one or two of them
+                    # (measured at c=1: 935 commits of 2 records median), costing the store and the
+                    # machine far more than the records themselves.
+                    return done, written
 
     def _parse(self, lines: list[bytes]) -> list[tuple[bytes, dict[str, Any]]]:
         parsed = []
