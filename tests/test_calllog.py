@@ -562,3 +562,30 @@ async def test_a_line_longer_than_a_read_goes_in(tmp_path, monkeypatch):
     finally:
         journal.close()
         await store.close()
+
+
+async def test_the_writer_runs_as_background_work(tmp_path):
+    log = CallLog("sqlite:///calls.db", tmp_path / "home")
+    await log.start()
+    try:
+        deadline = time.monotonic() + 10
+        # Up once its SQLite thread runs (started after it made itself background work).
+        while not (pids := writer_pids(os.getpid())) or len(os.listdir(f"/proc/{pids[0]}/task")) < 2:
+            assert time.monotonic() < deadline, "no writer process"
+            await asyncio.sleep(0.05)
+        (pid,) = pids
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
+        slices = {_slice(pid, tid) for tid in os.listdir(f"/proc/{pid}/task")}
+    finally:
+        await log.aclose()
+    if slices == {None}:
+        pytest.skip("this kernel reports no scheduler slice (before Linux 6.6)")
+    # Every thread (the SQLite one too): a waking request-path task preempts it at once.
+    assert slices == {50_000_000}, slices
+
+
+def _slice(pid: int, tid: str) -> int | None:
+    for line in Path(f"/proc/{pid}/task/{tid}/sched").read_text().splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+    return None
