@@ -159,6 +159,7 @@ async def test_records_the_store_refuses_are_set_aside_and_the_rest_go_in(tmp_pa
         150: poison(150, completion_tokens="12"),  # SQLite would store the text and break reports
         151: poison(151, latency_ms=None),  # NOT NULL
         299: poison(299, cost_exact=1),
+        298: poison(298, cost_eur="0.1"),  # a field this version does not know
     }
     for i in range(300):
         journal.append(bad.get(i, orjson.dumps(record(i))) + b"\n")
@@ -173,9 +174,10 @@ async def test_records_the_store_refuses_are_set_aside_and_the_rest_go_in(tmp_pa
     finally:
         journal.close()
         await store.close()
-    assert writer.rejected == 5
+    assert writer.rejected == 6
     assert sorted(_rejected(home)) == sorted(bad.values())  # as they were: fix them, replay them
-    assert caplog.text.count("set aside in rejected-") == 5
+    assert caplog.text.count("set aside in rejected-") == 6
+    assert all(p.stat().st_mode & 0o077 == 0 for p in home.glob("rejected-*.jsonl"))  # private
     assert "SQLite refused a record: Python int too large" in caplog.text
 
 
@@ -436,10 +438,11 @@ async def test_calls_turned_away_before_the_pipeline_are_on_record_too(gateway_h
 async def test_a_refused_record_shows_on_metrics_and_the_log_goes_on(gateway_home, tmp_path):
     path, home = gateway_home
     home.mkdir()
-    # Left by an earlier gateway (slot 9): one good record, one no store can hold.
-    segment_path(home, 9, 1).write_bytes(
-        orjson.dumps(record(1)) + b"\n" + poison(2, reasoning_tokens=2**63) + b"\n"
-    )
+    # Left by an earlier gateway (slot 9): one good record, one no store can hold. Recent ones:
+    # retention (30 days) would prune the good one.
+    good = record(1, started_at=time.time())
+    bad = orjson.dumps({**orjson.loads(orjson.dumps(good)), "id": "req_2", "reasoning_tokens": 2**63})
+    segment_path(home, 9, 1).write_bytes(orjson.dumps(good) + b"\n" + bad + b"\n")
     server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
     try:
         with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
@@ -453,8 +456,8 @@ async def test_a_refused_record_shows_on_metrics_and_the_log_goes_on(gateway_hom
             await asyncio.sleep(0.05)
     finally:
         stop_process(server)
-    assert record(1).id in {r.id for r in await _all(home / "calls.db")}
-    assert _rejected(home) == [poison(2, reasoning_tokens=2**63)]
+    assert good.id in {r.id for r in await _all(home / "calls.db")}
+    assert _rejected(home) == [bad]
     assert "set aside in rejected-" in server.log()
 
 

@@ -184,7 +184,11 @@ class PostgresCallStore:
 
     async def write_json(self, records: list[dict[str, Any]]) -> None:
         """``write`` for records in JSON form that passed ``CallRecord.check``."""
-        await self.write([CallRecord.from_dict(r, checked=True) for r in records])
+        try:
+            built = [CallRecord.from_dict(r, checked=True) for r in records]
+        except (TypeError, ValueError) as exc:  # check() should have caught it: still not a stall
+            raise RejectedRecord(f"a record cannot be stored: {exc}") from exc
+        await self.write(built)
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, days: set[date]) -> None:
         missing = days - self._partitions

@@ -182,11 +182,11 @@ class CallRecord:
         (attempts included): a ``TypeError`` (or ``KeyError``) names the first field that is not.
         A journal line written by something else (or damaged) is refused here rather than stored
         wrong: SQLite would take ``"12"`` for a token count without a word and break the reports."""
-        _check(data, _CALL_TYPES)
+        _check(data, _CALL_TYPES, _CALL_FIELDS)
         for a in data.get("attempts") or ():
             if type(a) is not dict:
                 raise TypeError(f"attempts: a JSON {type(a).__name__}, not an object")
-            _check(a, _ATTEMPT_TYPES)
+            _check(a, _ATTEMPT_TYPES, _ATTEMPT_FIELDS)
 
 
 # Column order for the stores: the record's fields, attempts in a table of their own.
@@ -218,7 +218,11 @@ def _types(cls: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
     )
 
 
-def _check(data: dict[str, Any], types: tuple[tuple[str, tuple[type, ...], bool], ...]) -> None:
+def _check(
+    data: dict[str, Any], types: tuple[tuple[str, tuple[type, ...], bool], ...], known: frozenset[str]
+) -> None:
+    if not data.keys() <= known:  # a field this version does not have would be dropped unseen
+        raise TypeError(f"unknown fields: {', '.join(sorted(data.keys() - known))}")
     for name, allowed, optional in types:
         if name not in data:
             if optional:
@@ -230,6 +234,8 @@ def _check(data: dict[str, Any], types: tuple[tuple[str, tuple[type, ...], bool]
 
 _CALL_TYPES = _types(CallRecord)
 _ATTEMPT_TYPES = _types(AttemptRecord)
+_CALL_FIELDS = frozenset(f.name for f in fields(CallRecord))
+_ATTEMPT_FIELDS = frozenset(f.name for f in fields(AttemptRecord))
 
 
 @functools.lru_cache(maxsize=4096)  # a gateway sees the same keys over and over: hash each once

@@ -195,8 +195,11 @@ class JournalWriter:
 
     def _reject(self, line: bytes, reason: str) -> None:
         path = rejected_path(self.directory, datetime.now(UTC).date())
-        with path.open("ab") as f:
-            f.write(line + b"\n")
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)  # as private as the journal
+        try:
+            os.write(fd, line + b"\n")
+        finally:
+            os.close(fd)
         self.rejected += 1
         log.warning(
             "call log: a record was refused and set aside in %s: %s: %r", path.name, reason, line[:200]
