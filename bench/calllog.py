@@ -525,6 +525,7 @@ class Gateway:
     lags: list[float] = field(default_factory=list)  # seconds from the run's end to a drained journal
     answered: int = 0  # responses wrk (or the check) got, warm-ups included
     pg_cpu_s: dict[int, float] = field(default_factory=dict)  # PostgreSQL server CPU, by concurrency
+    flush_interval_s: float = 0.2  # the call log's (the config's default)
 
     @property
     def kind(self) -> str:
@@ -548,7 +549,7 @@ class Gateway:
                 "directory": str(self.journal_dir),
                 "store": self.store,
                 "batch_size": 500,
-                "flush_interval_s": 0.2,
+                "flush_interval_s": self.flush_interval_s,
             }
         path = tmp / f"gateway-{self.name}.yaml"
         path.write_text(json.dumps(config))  # JSON is YAML
@@ -622,7 +623,10 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
             specs += [("metrics", None, True), ("sqlite-nm", "sqlite:///calls.db", False)]
         ports = [overhead.free_port() for _ in specs]
         _, access_log = start_upstream(tmp, procs, ports)
-        gateways = [Gateway(*spec, port) for spec, port in zip(specs, ports, strict=True)]
+        gateways = [
+            Gateway(*spec, port, flush_interval_s=args.flush_interval_s)
+            for spec, port in zip(specs, ports, strict=True)
+        ]
         for g in gateways:
             g.start(tmp, procs)
             if g.store is not None:
@@ -718,9 +722,11 @@ def report_gateways(gateways: list[Gateway]) -> None:
     for g in gateways[1:]:
         for c in (1, 32):
             pairs = list(zip(base.runs[c], g.runs[c], strict=True))
-            rps = overhead.median([on.rps / off.rps for off, on in pairs])
+            rps_ratios = sorted(on.rps / off.rps for off, on in pairs)
+            p99_ratios = sorted(on.p99_ms / off.p99_ms for off, on in pairs)
+            rps = overhead.median(rps_ratios)
             p50 = overhead.median([on.p50_ms / off.p50_ms for off, on in pairs])
-            p99 = overhead.median([on.p99_ms / off.p99_ms for off, on in pairs])
+            p99 = overhead.median(p99_ratios)
             cpu_on = sum(r.server_cpu_s for r in g.runs[c]) / sum(r.total for r in g.runs[c])
             cpu_off = sum(r.server_cpu_s for r in base.runs[c]) / sum(r.total for r in base.runs[c])
             verdict = "within 10%" if rps >= 0.9 and p99 <= 1.1 else "NOT within 10%"
@@ -728,7 +734,17 @@ def report_gateways(gateways: list[Gateway]) -> None:
                 f"  {g.name} vs off, c={c}: throughput x{rps:.3f}, p50 x{p50:.3f}, p99 x{p99:.3f}, "
                 f"CPU/req x{cpu_on / cpu_off:.3f} (+{(cpu_on - cpu_off) * 1e6:.0f} us): {verdict}"
             )
-    print("  (ratios paired per round, median over rounds)")
+            print(
+                f"      per-round ratios, middle half: throughput x{_quartiles(rps_ratios)}, "
+                f"p99 x{_quartiles(p99_ratios)}"
+            )
+    print("  (ratios paired per round, median over rounds; every round counted, none dropped)")
+
+
+def _quartiles(ordered: list[float]) -> str:
+    """The first and third quartiles of sorted values (nearest rank): the spread behind a median."""
+    n = len(ordered)
+    return f"{ordered[(n - 1) // 4]:.2f}-{ordered[(3 * (n - 1) + 3) // 4]:.2f}"
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -750,6 +766,9 @@ def main() -> None:
         help="also gateways with metrics only and with the SQLite call log only (what each costs)",
     )
     ap.add_argument("--rounds", type=int, default=5, help="alternating gateway rounds per concurrency")
+    ap.add_argument(
+        "--flush-interval-s", type=float, default=0.2, help="the gateways' calllog.flush_interval_s"
+    )
     ap.add_argument("--requests-c1", type=int, default=2000)
     ap.add_argument("--requests-c32", type=int, default=6000)
     ap.add_argument(

@@ -21,7 +21,7 @@ from llmrelay.observability.records import CallRecord
 from llmrelay.observability.sqlite_store import SqliteCallStore
 from llmrelay.observability.writer import JournalWriter
 
-from .conftest import calllog_gateway_config, free_port, start_process, stop_process
+from .conftest import calllog_gateway_config, free_port, recorded, start_process, stop_process
 from .factories import call_record
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -36,10 +36,10 @@ class FlakyStore(SqliteCallStore):
 
     down = False
 
-    async def write(self, records):
+    async def write_json(self, records):  # what the writer calls
         if self.down:
             raise ConnectionError("database is down")
-        await super().write(records)
+        await super().write_json(records)
 
 
 async def wait_for(predicate, timeout=10.0):
@@ -122,13 +122,14 @@ async def test_a_journal_left_by_a_dead_process_is_replayed_without_duplicates(t
     assert len(await _all(home / "calls.db")) == 100
 
 
-async def test_unreadable_journal_lines_are_skipped(tmp_path, caplog):
+async def test_unreadable_journal_lines_are_set_aside(tmp_path, caplog):
     home = tmp_path / "home"
     home.mkdir()
     journal = Appender(home)
     journal.append(orjson.dumps(record(1)) + b"\n")
-    for bad in (b'{"id": "req_not_json"', b"[1, 2]", b"17", b'{"id": "req_no_fields"}'):
-        journal.append(bad + b"\n")
+    bad = [b'{"id": "req_not_json"', b"[1, 2]", b"17", b'{"id": "req_no_fields"}']
+    for line in bad:
+        journal.append(line + b"\n")
     journal.append(orjson.dumps(record(2)) + b"\n")
     store = SqliteCallStore(tmp_path / "calls.db")
     await store.open()
@@ -139,7 +140,84 @@ async def test_unreadable_journal_lines_are_skipped(tmp_path, caplog):
     finally:
         journal.close()
         await store.close()
-    assert caplog.text.count("skipping an unreadable journal line") == 4
+    assert _rejected(home) == bad
+    assert caplog.text.count("set aside in rejected-") == 4
+
+
+def poison(i: int, **fields) -> bytes:
+    """A journal line for record ``i`` with ``fields`` changed as JSON (what no CallRecord allows)."""
+    return orjson.dumps({**orjson.loads(orjson.dumps(record(i))), **fields})
+
+
+async def test_records_the_store_refuses_are_set_aside_and_the_rest_go_in(tmp_path, caplog):
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    bad = {
+        7: poison(7, prompt_tokens=2**63),  # over SQLite's 64-bit INTEGER: refused by the store
+        8: poison(8, attempts=[{**orjson.loads(orjson.dumps(record(8)))["attempts"][0], "n": 2**63}]),
+        150: poison(150, completion_tokens="12"),  # SQLite would store the text and break reports
+        151: poison(151, latency_ms=None),  # NOT NULL
+        299: poison(299, cost_exact=1),
+        298: poison(298, cost_eur="0.1"),  # a field this version does not know
+    }
+    for i in range(300):
+        journal.append(bad.get(i, orjson.dumps(record(i))) + b"\n")
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    writer = JournalWriter(store, home, batch_size=100)
+    try:
+        assert await writer.drain() == 300
+        assert journal.uncommitted() == 0  # nothing holds up the log
+        stored = {r.id for r in await store.recent(limit=1000)}
+        assert stored == {record(i).id for i in range(300) if i not in bad}
+    finally:
+        journal.close()
+        await store.close()
+    assert writer.rejected == 6
+    assert sorted(_rejected(home)) == sorted(bad.values())  # as they were: fix them, replay them
+    assert caplog.text.count("set aside in rejected-") == 6
+    assert all(p.stat().st_mode & 0o077 == 0 for p in home.glob("rejected-*.jsonl"))  # private
+    assert "SQLite refused a record: Python int too large" in caplog.text
+
+
+async def test_a_locked_store_keeps_every_record_and_sets_none_aside(tmp_path):
+    import sqlite3
+
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    for i in range(120):
+        journal.append(orjson.dumps(record(i)) + b"\n")
+    store = SqliteCallStore(tmp_path / "calls.db", busy_timeout_s=0.05)
+    await store.open()
+    other = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: "database is locked"
+    writer = JournalWriter(store, home, batch_size=50, flush_interval_s=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        assert await wait_for(lambda: _false(writer.store_healthy))
+        await asyncio.sleep(0.3)  # a few retries
+        assert journal.uncommitted() == 120 and writer.rejected == 0
+        other.execute("COMMIT")  # the lock is released
+        assert await wait_for(lambda: _count(store, 120))
+        assert journal.uncommitted() == 0
+    finally:
+        stop.set()
+        await task
+        other.close()
+        journal.close()
+        await store.close()
+    assert writer.rejected == 0 and _rejected(home) == []
+
+
+async def _false(value: bool) -> bool:
+    return not value
+
+
+def _rejected(home: Path) -> list[bytes]:
+    return [line for path in sorted(home.glob("rejected-*.jsonl")) for line in path.read_bytes().splitlines()]
 
 
 async def _zero(log: CallLog) -> bool:
@@ -355,3 +433,162 @@ async def test_calls_turned_away_before_the_pipeline_are_on_record_too(gateway_h
     field = records[bad_field.headers["x-llmrelay-request-id"]]
     assert field.status == "error:InvalidRequestError" and field.end_user == "bob"
     assert "messages" in field.error_message
+
+
+async def test_a_refused_record_shows_on_metrics_and_the_log_goes_on(gateway_home, tmp_path):
+    path, home = gateway_home
+    home.mkdir()
+    # Left by an earlier gateway (slot 9): one good record, one no store can hold. Recent ones:
+    # retention (30 days) would prune the good one.
+    good = record(1, started_at=time.time())
+    bad = orjson.dumps({**orjson.loads(orjson.dumps(good)), "id": "req_2", "reasoning_tokens": 2**63})
+    segment_path(home, 9, 1).write_bytes(orjson.dumps(good) + b"\n" + bad + b"\n")
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+            raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+        await recorded(home, raw.headers["x-llmrelay-request-id"])  # the log goes on
+        deadline = time.monotonic() + 10
+        while "llmrelay_calllog_rejected_records 1.0" not in (
+            metrics := httpx.get(server.url + "/metrics").text
+        ):
+            assert time.monotonic() < deadline, metrics
+            await asyncio.sleep(0.05)
+    finally:
+        stop_process(server)
+    assert good.id in {r.id for r in await _all(home / "calls.db")}
+    assert _rejected(home) == [bad]
+    assert "set aside in rejected-" in server.log()
+
+
+async def test_absurd_token_counts_from_an_upstream_are_capped_not_refused(tmp_path):
+    from llmrelay.observability.records import MAX_TOKENS
+    from llmrelay.pipeline import Call
+    from llmrelay.types import ChatRequest, Usage
+
+    call = Call(request=ChatRequest(model="m", messages=HELLO), requested_model="m", status="success")
+    call.usage = Usage(prompt_tokens=2**70, completion_tokens=2**40, reasoning_tokens=7)
+    built = CallRecord.from_call(call)
+    assert (built.prompt_tokens, built.completion_tokens, built.reasoning_tokens) == (
+        MAX_TOKENS,
+        MAX_TOKENS,
+        7,
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    journal.append(orjson.dumps(built) + b"\n")  # what submit() writes: 2**70 would not even serialize
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    try:
+        assert await JournalWriter(store, home).drain() == 1
+        assert (await store.get(built.id)).prompt_tokens == MAX_TOKENS
+    finally:
+        journal.close()
+        await store.close()
+
+
+async def test_what_the_writer_stores_reads_back_as_the_record_submitted(tmp_path):
+    full = record(
+        1,
+        api_key_id="key_1",
+        end_user="alice",
+        stream=True,
+        ttft_ms=12.5,
+        extra={"route": {"rule": "cheap", "tags": ["a"]}, "cache": "miss"},
+        request_body={"model": "m", "messages": [{"role": "user", "content": "héllo ;'\""}]},
+        response_body={"choices": [{"message": {"content": "hi"}}], "usage": None},
+    )
+    bare = record(2, model=None, provider=None, upstream_model=None, cost_usd=None, attempts=[])
+    log = CallLog("sqlite:///calls.db", tmp_path / "home", flush_interval_s=0.05)
+    await log.start()
+    log.submit(full)
+    log.submit(bare)
+    await log.aclose()
+    stored = {r.id: r for r in await _all(tmp_path / "home" / "calls.db")}
+    assert stored == {full.id: full, bare.id: bare}
+
+
+class CountingStore(SqliteCallStore):
+    """A real SQLite store that counts the batches it is given."""
+
+    batches = 0
+
+    async def write_json(self, records):
+        self.batches += 1
+        await super().write_json(records)
+
+
+async def test_a_steady_trickle_of_records_goes_in_as_batches_not_one_commit_each(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    store = CountingStore(tmp_path / "calls.db")
+    await store.open()
+    writer = JournalWriter(store, home, flush_interval_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    lines = [orjson.dumps(record(i)) + b"\n" for i in range(3000)]
+
+    def gateway() -> None:  # ~1 s of a busy gateway: a call every ~0.3 ms, as a separate process would
+        for line in lines:
+            journal.append(line)
+            time.sleep(0.0003)
+
+    try:
+        await asyncio.to_thread(gateway)
+        assert await wait_for(lambda: _count(store, 3000))
+    finally:
+        stop.set()
+        await task
+        journal.close()
+        await store.close()
+    # One batch per flush interval (~5-10), not one per few records (hundreds).
+    assert store.batches <= 30, store.batches
+
+
+async def test_a_line_longer_than_a_read_goes_in(tmp_path, monkeypatch):
+    from llmrelay.observability import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_READ_BYTES", 2000)  # a record with a 4 MB body, in small
+    home = tmp_path / "home"
+    home.mkdir()
+    journal = Appender(home)
+    big = record(1, response_body={"text": "x" * 5000})
+    for r in (big, record(2)):
+        journal.append(orjson.dumps(r) + b"\n")
+    store = SqliteCallStore(tmp_path / "calls.db")
+    await store.open()
+    try:
+        assert await JournalWriter(store, home).drain() == 2
+        assert (await store.get(big.id)) == big and journal.uncommitted() == 0
+    finally:
+        journal.close()
+        await store.close()
+
+
+async def test_the_writer_runs_as_background_work(tmp_path):
+    log = CallLog("sqlite:///calls.db", tmp_path / "home")
+    await log.start()
+    try:
+        deadline = time.monotonic() + 10
+        # Up once its SQLite thread runs (started after it made itself background work).
+        while not (pids := writer_pids(os.getpid())) or len(os.listdir(f"/proc/{pids[0]}/task")) < 2:
+            assert time.monotonic() < deadline, "no writer process"
+            await asyncio.sleep(0.05)
+        (pid,) = pids
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
+        slices = {_slice(pid, tid) for tid in os.listdir(f"/proc/{pid}/task")}
+    finally:
+        await log.aclose()
+    if slices == {None}:
+        pytest.skip("this kernel reports no scheduler slice (before Linux 6.6)")
+    # Every thread (the SQLite one too): a waking request-path task preempts it at once.
+    assert slices == {50_000_000}, slices
+
+
+def _slice(pid: int, tid: str) -> int | None:
+    for line in Path(f"/proc/{pid}/task/{tid}/sched").read_text().splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+    return None

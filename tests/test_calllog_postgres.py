@@ -8,8 +8,11 @@ import time
 import uuid
 
 import openai
+import orjson
 import pytest
 import yaml
+
+from llmrelay.observability.records import RejectedRecord
 
 from .conftest import free_port, start_process, stop_process
 from .tcp_proxy import TcpProxy
@@ -81,3 +84,59 @@ async def test_database_down_mid_run_then_back_loses_nothing(simulator, database
         stop_process(server)
         proxy.close()
     assert len(ids) == 30 and set(ids) <= stored and len(stored) == 30
+
+
+def _line(i: int, **fields) -> bytes:
+    from .factories import call_record
+
+    base = orjson.loads(orjson.dumps(call_record(id=f"req_{i:026d}", started_at=1_700_000_000.0 + i)))
+    return orjson.dumps({**base, **fields})
+
+
+async def test_records_postgresql_refuses_are_set_aside_and_a_database_down_keeps_them(database, tmp_path):
+    from llmrelay.observability.journal import Appender
+    from llmrelay.observability.postgres_store import PostgresCallStore
+    from llmrelay.observability.writer import JournalWriter
+
+    home = tmp_path / "home"
+    home.mkdir()
+    bad = {
+        3: _line(3, prompt_tokens=2**40),  # over the 32-bit integer column
+        4: _line(4, id="req_\x00nul"),  # text cannot hold NUL
+        5: _line(5, started_at=1e20, ended_at=1e20),  # no timestamptz that far out
+        90: _line(90, cached_tokens="7"),  # a string where a number goes
+        91: _line(91, attempts=[{"n": 1}]),  # an attempt missing its fields
+        92: _line(92, region="eu"),  # a field this version does not know
+    }
+    journal = Appender(home)
+    for i in range(100):
+        journal.append(bad.get(i, _line(i)) + b"\n")
+    proxy = TcpProxy(5432, free_port())
+    proxy.up()
+    store = PostgresCallStore(f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}")
+    await store.open()
+    writer = JournalWriter(store, home, batch_size=40, flush_interval_s=0.05)
+    try:
+        proxy.down()  # down: nothing is written, nothing is set aside, every record waits
+        with pytest.raises(Exception) as down:
+            await writer.drain()
+        assert not isinstance(down.value, RejectedRecord)
+        assert journal.uncommitted() == 100 and writer.rejected == 0
+        proxy.up()
+        assert await writer.drain() == 100
+        assert journal.uncommitted() == 0
+    finally:
+        journal.close()
+        await store.close()
+        proxy.close()
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}")
+    try:
+        stored = {r["id"] for r in await conn.fetch("SELECT id FROM calls")}
+        attempts = await conn.fetchval("SELECT count(*) FROM attempts")
+    finally:
+        await conn.close()
+    assert stored == {f"req_{i:026d}" for i in range(100) if i not in bad} and attempts == 100 - len(bad)
+    assert writer.rejected == len(bad)
+    assert sorted(b"".join(p.read_bytes() for p in home.glob("rejected-*.jsonl")).splitlines()) == sorted(
+        bad.values()
+    )

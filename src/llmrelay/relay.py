@@ -152,7 +152,9 @@ class Relay:
         if self.settings.metrics:
             calllog = self.calllog
             self.metrics = Metrics(
-                breakers=self.breakers, queue_depth=(lambda: calllog.queue_depth) if calllog else None
+                breakers=self.breakers,
+                queue_depth=(lambda: calllog.queue_depth) if calllog else None,
+                calllog_rejected=(lambda: calllog.rejected) if calllog else None,
             )
             self.sinks.append(self.metrics.observe)
             self.jobs.register(self.metrics.registry)

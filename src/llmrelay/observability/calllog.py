@@ -10,6 +10,8 @@ PostgreSQL), checkpointing after each committed batch. So:
 - the process killed, even with SIGKILL: the journal holds every record it accepted; the writer
   drains it (the stores ignore ids they already have, so a batch written but not yet checkpointed
   is not duplicated), or the next start does;
+- a record the store refuses for its data (not because it is down) is set aside in
+  ``rejected-<day>.jsonl`` and the rest go in (``writer.py``);
 - a clean shutdown waits until the writer has committed this process's journal (bounded by
   ``drain_s``).
 
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import orjson
 
-from .journal import Appender, pending_bytes
+from .journal import Appender, pending_bytes, rejected_lines
 from .records import CallRecord, CallStore
 from .writer import JournalWriter
 
@@ -112,6 +114,11 @@ class CallLog:
     def queue_depth(self) -> int:
         """Records this process submitted that are not in the store yet."""
         return self._journal.uncommitted() if self._journal is not None else 0
+
+    @property
+    def rejected(self) -> int:
+        """Records the store refused for their data, set aside in ``rejected-*.jsonl``."""
+        return rejected_lines(self.directory)
 
     async def aclose(self) -> None:
         """Stop the writer once it has committed this process's journal (bounded by ``drain_s``)."""

@@ -6,6 +6,7 @@ Layout of the call-log directory::
     journal-<slot>.<seq>.jsonl      the slot's segments, one JSON record per line, seq ascending
     journal-<slot>.checkpoint       the writer's progress in the slot: "<seq> <offset> <lines>"
     writer.lock                     held by the one writer process draining the directory
+    rejected-<YYYYMMDD>.jsonl       lines the store refused for their data, as they were, by UTC day
 
 Each serving process takes a free slot and appends to a new segment (it never reopens an older
 one), starting the next segment once the current one is ``segment_bytes`` long. So a segment with
@@ -20,6 +21,7 @@ import fcntl
 import os
 import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 MAX_SLOTS = 64
@@ -28,6 +30,20 @@ _SEGMENT = re.compile(r"journal-(\d+)\.(\d+)\.jsonl")
 
 def segment_path(directory: Path, slot: int, seq: int) -> Path:
     return directory / f"journal-{slot}.{seq:08d}.jsonl"
+
+
+def rejected_path(directory: Path, day: date) -> Path:
+    return directory / f"rejected-{day:%Y%m%d}.jsonl"
+
+
+def rejected_lines(directory: Path) -> int:
+    """Lines set aside in ``rejected-*.jsonl`` (normally none: the files exist only when the store
+    refused something, and are read only then)."""
+    count = 0
+    for path in directory.glob("rejected-*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):  # an operator tidying up meanwhile
+            count += path.read_bytes().count(b"\n")
+    return count
 
 
 def segments(directory: Path) -> dict[int, list[int]]:

@@ -68,9 +68,15 @@ class _Capped:
 class _Gauges(Collector):
     """Gauges computed at scrape time, so nothing on the hot path keeps them up to date."""
 
-    def __init__(self, breakers: _Snapshots | None, queue_depth: Callable[[], int] | None) -> None:
+    def __init__(
+        self,
+        breakers: _Snapshots | None,
+        queue_depth: Callable[[], int] | None,
+        rejected: Callable[[], int] | None = None,
+    ) -> None:
         self.breakers = breakers
         self.queue_depth = queue_depth
+        self.rejected = rejected
 
     def describe(self) -> Iterable[Metric]:
         # Names only, for the registry's duplicate-name check: without describe() the registry
@@ -80,6 +86,8 @@ class _Gauges(Collector):
             families.append(_breaker_family())
         if self.queue_depth is not None:
             families.append(_depth_family())
+        if self.rejected is not None:
+            families.append(_rejected_family())
         return families
 
     def collect(self) -> Iterable[Metric]:
@@ -103,6 +111,15 @@ class _Gauges(Collector):
                 family = _depth_family()
                 family.add_metric([], depth)
                 yield family
+        if self.rejected is not None:
+            try:
+                rejected = float(self.rejected())
+            except Exception:
+                log.exception("Counting the call log's rejected records for metrics failed")
+            else:
+                family = _rejected_family()
+                family.add_metric([], rejected)
+                yield family
 
 
 def _breaker_family() -> GaugeMetricFamily:
@@ -116,6 +133,14 @@ def _breaker_family() -> GaugeMetricFamily:
 def _depth_family() -> GaugeMetricFamily:
     return GaugeMetricFamily(
         "llmrelay_calllog_queue_depth", "Call records waiting to be written to the call log."
+    )
+
+
+def _rejected_family() -> GaugeMetricFamily:
+    # A gauge of what the files hold: it falls when an operator deals with them and removes them.
+    return GaugeMetricFamily(
+        "llmrelay_calllog_rejected_records",
+        "Call records the store refused for their data, set aside in rejected-*.jsonl.",
     )
 
 
@@ -139,8 +164,8 @@ class _Histogram:
 class Metrics(Collector):
     """Prometheus metrics of one gateway. ``observe`` each finished call; ``render`` for /metrics.
 
-    ``breakers`` (anything with ``snapshot()``, e.g. ``LocalBreakers``) and ``queue_depth`` are
-    read at scrape time. ``max_label_values`` caps the distinct values of client-chosen labels.
+    ``breakers`` (anything with ``snapshot()``, e.g. ``LocalBreakers``), ``queue_depth`` and
+    ``calllog_rejected`` are read at scrape time. ``max_label_values`` caps the distinct values of client-chosen labels.
 
     ``observe`` runs once per call on the event loop, so it only adds to plain dicts keyed by the
     label values (~2 us a call); the Prometheus families are built from them when scraped.
@@ -152,6 +177,7 @@ class Metrics(Collector):
         *,
         breakers: _Snapshots | None = None,
         queue_depth: Callable[[], int] | None = None,
+        calllog_rejected: Callable[[], int] | None = None,
         max_label_values: int = DEFAULT_MAX_LABEL_VALUES,
     ) -> None:
         self._requested_model = _Capped(max_label_values)
@@ -169,8 +195,8 @@ class Metrics(Collector):
         self._ttft: dict[str, _Histogram] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
-        if breakers is not None or queue_depth is not None:
-            self.registry.register(_Gauges(breakers, queue_depth))
+        if breakers is not None or queue_depth is not None or calllog_rejected is not None:
+            self.registry.register(_Gauges(breakers, queue_depth, calllog_rejected))
 
     def observe(self, record: CallRecord) -> None:
         model = record.model or NONE

@@ -23,7 +23,7 @@ from ..batch.schema import POSTGRES_MIGRATION as BATCH_MIGRATION
 from ..db import MIGRATION_LOCK, PostgresDatabase, PostgresUnavailable, apply_postgres, dsn_host
 from ..keys.schema import KEY_GUARDRAILS_MIGRATION, KEYS_MIGRATION
 from . import records
-from .records import CALL_COLUMNS, AttemptRecord, CallRecord
+from .records import CALL_COLUMNS, AttemptRecord, CallRecord, RejectedRecord
 
 log = logging.getLogger(__name__)
 
@@ -159,20 +159,36 @@ class PostgresCallStore:
 
     async def write(self, records: list[CallRecord]) -> None:
         """One transaction per batch; ids already stored are skipped, so a replayed batch is harmless.
-        Errors (PostgreSQL down included) propagate: the caller keeps the batch and retries."""
+        Records PostgreSQL refuses for their data raise ``RejectedRecord``; other errors (PostgreSQL
+        down included) propagate as they are: the caller keeps the batch and retries."""
         if not records:
             return
-        calls = [_call_row(r) for r in records]
-        attempts = [_attempt_row(r, a, calls[i][1]) for i, r in enumerate(records) for a in r.attempts]
+        try:
+            calls = [_call_row(r) for r in records]
+            attempts = [_attempt_row(r, a, calls[i][1]) for i, r in enumerate(records) for a in r.attempts]
+        except (TypeError, ValueError, OverflowError, OSError) as exc:  # no I/O yet: a timestamp
+            # out of range is an OverflowError, ValueError or (for some) OSError from fromtimestamp
+            raise RejectedRecord(f"a record cannot be stored: {exc}") from exc
         days = {row[1].date() for row in calls}
         async with self.pool.acquire() as conn:
             await self._ensure_partitions(conn, days)
             try:
-                await _insert(conn, calls, attempts)
-            except asyncpg.CheckViolationError:  # "no partition of relation ... found for row"
-                self._partitions -= days
-                await self._ensure_partitions(conn, days)
-                await _insert(conn, calls, attempts)
+                try:
+                    await _insert(conn, calls, attempts)
+                except asyncpg.CheckViolationError:  # "no partition of relation ... found for row"
+                    self._partitions -= days
+                    await self._ensure_partitions(conn, days)
+                    await _insert(conn, calls, attempts)
+            except _DATA_ERRORS as exc:
+                raise RejectedRecord(f"PostgreSQL refused a record: {exc}") from exc
+
+    async def write_json(self, records: list[dict[str, Any]]) -> None:
+        """``write`` for records in JSON form that passed ``CallRecord.check``."""
+        try:
+            built = [CallRecord.from_dict(r, checked=True) for r in records]
+        except (TypeError, ValueError) as exc:  # check() should have caught it: still not a stall
+            raise RejectedRecord(f"a record cannot be stored: {exc}") from exc
+        await self.write(built)
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, days: set[date]) -> None:
         missing = days - self._partitions
@@ -327,6 +343,18 @@ async def apply_migrations(
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+# Refusals of the rows themselves: SQLSTATE class 22 (a value out of range, a NUL in text) and 23
+# (a NOT NULL), and asyncpg's own encoding errors (an int over 32 bits, a str for a number), raised
+# before anything is sent. Connection and server errors (class 08, 53 disk full, 57 shutdown ...)
+# are not among them: the batch waits and is tried again.
+_DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
 
 # Batches arrive by COPY into per-connection staging tables, then move over with INSERT ... SELECT
 # ... ON CONFLICT DO NOTHING (COPY itself cannot skip ids already stored). Measured here in batches of

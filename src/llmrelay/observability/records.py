@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ulid import ULID
@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from ..pipeline import Call
 
 BodyPolicy = Literal["full", "redacted", "none"]
+
+# Token counts are bounded where they enter a record: an upstream reporting an absurd count (or a
+# bug) must not yield a record no store can hold. PostgreSQL's columns are 32-bit ``integer``.
+MAX_TOKENS = 2**31 - 1
+
+
+class RejectedRecord(Exception):
+    """A store refused records for their data (a number out of range, a NUL, a value of the wrong
+    type, a missing one): the same records would fail the same way again, unlike a store that is
+    down. Stores raise it for the whole batch, from the driver's error; the writer then narrows the
+    batch down to the records at fault and sets them aside."""
 
 
 @dataclass(slots=True)
@@ -84,11 +95,11 @@ class CallRecord:
             stream=call.stream,
             status=call.status,
             error_message=call.error.message if call.error is not None else None,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            cache_write_tokens=usage.cache_write_tokens if usage else 0,
-            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            prompt_tokens=min(usage.prompt_tokens, MAX_TOKENS) if usage else 0,
+            completion_tokens=min(usage.completion_tokens, MAX_TOKENS) if usage else 0,
+            cached_tokens=min(usage.cached_tokens, MAX_TOKENS) if usage else 0,
+            cache_write_tokens=min(usage.cache_write_tokens, MAX_TOKENS) if usage else 0,
+            reasoning_tokens=min(usage.reasoning_tokens, MAX_TOKENS) if usage else 0,
             cost_usd=format(call.cost_usd, "f") if call.cost_usd is not None else None,  # never 1E-7
             cost_exact=not call.usage_estimated,
             latency_ms=latency,
@@ -158,14 +169,73 @@ class CallRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CallRecord:
+    def from_dict(cls, data: dict[str, Any], *, checked: bool = False) -> CallRecord:
+        """A record from its ``to_dict`` (or JSON) form; ``checked``: ``check`` has passed it."""
+        if not checked:
+            cls.check(data)
         attempts = [AttemptRecord(**a) for a in data.get("attempts") or ()]
         return cls(**{**data, "attempts": attempts})
+
+    @staticmethod
+    def check(data: dict[str, Any]) -> None:
+        """That ``data`` is a record in JSON form, every field of the type it is declared with
+        (attempts included): a ``TypeError`` (or ``KeyError``) names the first field that is not.
+        A journal line written by something else (or damaged) is refused here rather than stored
+        wrong: SQLite would take ``"12"`` for a token count without a word and break the reports."""
+        _check(data, _CALL_TYPES, _CALL_FIELDS)
+        for a in data.get("attempts") or ():
+            if type(a) is not dict:
+                raise TypeError(f"attempts: a JSON {type(a).__name__}, not an object")
+            _check(a, _ATTEMPT_TYPES, _ATTEMPT_FIELDS)
 
 
 # Column order for the stores: the record's fields, attempts in a table of their own.
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CallRecord) if f.name != "attempts")
 ATTEMPT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(AttemptRecord))
+
+# What each declared type admits from JSON (a float field may come back as an int: 500.0 -> 500).
+# None: anything (bodies). A field of a type not listed here fails at import, so it gets an entry.
+_JSON_TYPES: dict[str, tuple[type, ...] | None] = {
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "int": (int,),
+    "int | None": (int, type(None)),
+    "float": (float, int),
+    "float | None": (float, int, type(None)),
+    "bool": (bool,),
+    "dict[str, Any]": (dict,),
+    "list[AttemptRecord]": (list,),
+    "Any": None,
+}
+
+
+def _types(cls: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
+    """(field, the types its JSON may have, whether it may be missing), checked fields only."""
+    return tuple(
+        (f.name, allowed, f.default is not MISSING or f.default_factory is not MISSING)
+        for f in fields(cls)
+        if (allowed := _JSON_TYPES[str(f.type)]) is not None
+    )
+
+
+def _check(
+    data: dict[str, Any], types: tuple[tuple[str, tuple[type, ...], bool], ...], known: frozenset[str]
+) -> None:
+    if not data.keys() <= known:  # a field this version does not have would be dropped unseen
+        raise TypeError(f"unknown fields: {', '.join(sorted(data.keys() - known))}")
+    for name, allowed, optional in types:
+        if name not in data:
+            if optional:
+                continue
+            raise KeyError(name)
+        if type(data[name]) not in allowed:  # exact types: a bool is no token count
+            raise TypeError(f"{name}: a {type(data[name]).__name__} ({data[name]!r:.40})")
+
+
+_CALL_TYPES = _types(CallRecord)
+_ATTEMPT_TYPES = _types(AttemptRecord)
+_CALL_FIELDS = frozenset(f.name for f in fields(CallRecord))
+_ATTEMPT_FIELDS = frozenset(f.name for f in fields(AttemptRecord))
 
 
 @functools.lru_cache(maxsize=4096)  # a gateway sees the same keys over and over: hash each once
@@ -210,6 +280,10 @@ class CallStore(Protocol):
     async def open(self) -> None: ...  # connect and apply migrations
 
     async def write(self, records: list[CallRecord]) -> None: ...  # idempotent on id
+
+    # The same for records in JSON form that passed CallRecord.check (the writer's journal lines):
+    # a store may build its rows from them directly, without a CallRecord each.
+    async def write_json(self, records: list[dict[str, Any]]) -> None: ...
 
     async def recent(
         self,
