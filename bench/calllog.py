@@ -13,6 +13,7 @@ the gateway served (counted by the upstream's access log and by /metrics).
     .venv/bin/python bench/calllog.py --no-postgres      # SQLite only
     .venv/bin/python bench/calllog.py --stores-only      # part 1 only (~30 s)
     .venv/bin/python bench/calllog.py --records 100000 --rounds 6
+    .venv/bin/python bench/calllog.py --gateways-only --control   # + an A/A twin of `off`: the noise
 
 PostgreSQL: ``--pg-dsn`` (default postgresql://postgres@127.0.0.1:5432/postgres) is used only to
 create throwaway databases (``llmrelay_bench_<pid>_*``), which are dropped at the end.
@@ -621,6 +622,8 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
             specs.append(("postgres", pg.create("gateway"), True))
         if args.split:
             specs += [("metrics", None, True), ("sqlite-nm", "sqlite:///calls.db", False)]
+        if args.control:  # A/A: the same gateway as `off` again; its ratios are this run's noise
+            specs.append(("off-again", None, False))
         ports = [overhead.free_port() for _ in specs]
         _, access_log = start_upstream(tmp, procs, ports)
         gateways = [
@@ -764,6 +767,11 @@ def main() -> None:
         "--split",
         action="store_true",
         help="also gateways with metrics only and with the SQLite call log only (what each costs)",
+    )
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="also a second gateway identical to `off` (A/A): how far apart two equal gateways measure",
     )
     ap.add_argument("--rounds", type=int, default=5, help="alternating gateway rounds per concurrency")
     ap.add_argument(
