@@ -34,6 +34,7 @@ SIMULATOR = {
         {"match": "prove|theorem|algorithm", "model": "router-ok", "reply": "COMPLEX"},
         {"match": ".", "model": "router-ok", "reply": "SIMPLE."},
         {"match": ".", "model": "router-garbage", "reply": "It depends."},
+        {"match": ".", "model": "router-hedged", "reply": "Not simple"},
     ],
     "per_model": {"router-slow": {"latency_ms": 3000}, "router-down": {"faults": {"500": 1.0}}},
 }
@@ -67,7 +68,7 @@ def routing_config(sim: str, home: Path) -> dict:
             _model("text-only", "gpt-4o-mini", "gpt-4o-mini", capabilities=["streaming"]),
             *(
                 _model(f"rater-{kind}", f"router-{kind}", "gpt-4o-mini")
-                for kind in ("ok", "slow", "garbage", "down")
+                for kind in ("ok", "slow", "garbage", "hedged", "down")
             ),
         ],
         "routes": [
@@ -85,6 +86,7 @@ def routing_config(sim: str, home: Path) -> dict:
             _classifier_route("auto-clf", "rater-ok"),
             _classifier_route("auto-clf-slow", "rater-slow", timeout_s=0.5, on_error="small"),
             _classifier_route("auto-clf-garbage", "rater-garbage"),
+            _classifier_route("auto-clf-hedged", "rater-hedged"),
             _classifier_route("auto-clf-down", "rater-down"),
             {
                 "name": "auto-ab",
@@ -300,6 +302,8 @@ async def test_the_classifier_rates_through_the_pipeline_and_is_cached(client, g
     [
         ("auto-clf-slow", "small", "no answer within 0.5s"),  # on_error: small
         ("auto-clf-garbage", "big", "it answered 'It depends.', neither SIMPLE nor COMPLEX"),
+        # A label inside a longer answer is not a rating: "Not simple" must not go to the small model.
+        ("auto-clf-hedged", "big", "it answered 'Not simple', neither SIMPLE nor COMPLEX"),
         ("auto-clf-down", "big", "UpstreamUnavailable: All 1 attempts failed"),  # default: frontier
     ],
 )

@@ -25,11 +25,12 @@ SIMULATOR = {
         {"match": ".", "model": "judge-same", "reply": "SAME"},
         {"match": ".", "model": "judge-different", "reply": "Different."},
         {"match": ".", "model": "judge-garbage", "reply": "It depends."},
+        {"match": ".", "model": "judge-hedged", "reply": "Not the same."},
         {"match": ".", "model": "judge-slow", "reply": "SAME"},
     ],
     "per_model": {"judge-slow": {"latency_ms": 3000}, "judge-down": {"faults": {"500": 1.0}}},
 }
-JUDGES = ("same", "different", "garbage", "slow", "down")
+JUDGES = ("same", "different", "garbage", "hedged", "slow", "down")
 
 
 def _model(name: str, upstream: str, **kw) -> dict:
@@ -135,6 +136,8 @@ async def test_a_match_the_model_calls_the_same_is_served_and_the_verdict_is_kep
     [
         ("different", "judge-different said DIFFERENT"),
         ("garbage", "failed (it answered 'It depends.', neither SAME nor DIFFERENT): a miss"),
+        # SAME inside a longer answer is not a yes, only an answer that starts with it (cut at 3 tokens).
+        ("hedged", "failed (it answered 'Not the same', neither SAME nor DIFFERENT): a miss"),
         ("slow", "failed (no answer within 0.5s): a miss"),
         ("down", "failed (UpstreamUnavailable: "),
     ],

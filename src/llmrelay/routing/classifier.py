@@ -31,7 +31,8 @@ PROMPT = (
     "formatting), or COMPLEX if it needs a frontier model (multi-step reasoning, mathematics, code, "
     "careful analysis, long or specialised writing). The request follows."
 )
-_LABEL = re.compile(r"\b(SIMPLE|COMPLEX)\b", re.IGNORECASE)
+# The answer must start with the label: "Not simple" holds SIMPLE too.
+_LABEL = re.compile(r"\W*(SIMPLE|COMPLEX)\b", re.IGNORECASE)
 _SCORES = {"SIMPLE": 0.0, "COMPLEX": 1.0}
 
 
@@ -61,7 +62,7 @@ class Classifier:
             return self._failed(call, f"no answer within {self.settings.timeout_s:g}s")
         except GatewayError as error:
             return self._failed(call, f"{type(error).__name__}: {error.message}")
-        found = _LABEL.search(answer)
+        found = _LABEL.match(answer)
         if found is None:
             return self._failed(call, f"it answered {answer[:40]!r}, neither SIMPLE nor COMPLEX")
         label = found.group(1).upper()

@@ -35,7 +35,9 @@ PROMPT = (
     "negation, or a different thing asked about (how versus why, best versus cheapest) make them "
     "DIFFERENT, even on the same topic. Reply with exactly one word: SAME or DIFFERENT."
 )
-_LABEL = re.compile(r"\b(SAME|DIFFERENT)\b", re.IGNORECASE)
+# The answer must start with the label: "Not the same" holds SAME too, and a yes read into a hedge
+# would serve the wrong answer.
+_LABEL = re.compile(r"\W*(SAME|DIFFERENT)\b", re.IGNORECASE)
 
 Confirm = Callable[[str, str], Awaitable[bool]]  # (query, cached question) -> serve it?
 
@@ -71,7 +73,7 @@ class ModelVerifier:
             return self._failed(call, f"no answer within {self.settings.timeout_s:g}s")
         except GatewayError as error:
             return self._failed(call, f"{type(error).__name__}: {error.message}")
-        found = _LABEL.search(answer)
+        found = _LABEL.match(answer)
         if found is None:
             return self._failed(call, f"it answered {answer[:40]!r}, neither SAME nor DIFFERENT")
         label = found.group(1).upper()
