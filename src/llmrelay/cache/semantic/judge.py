@@ -6,26 +6,21 @@ no model trained here on data we may use did better. A language model reads both
 route that wants few false hits pays one short call per candidate hit (never per miss, never per
 exact hit) and keeps the savings of the rest.
 
-The model is asked through llmrelay's own pipeline (``Relay.handle``), like the classifier router:
-its call has a record and a cost (marked ``extra["cache_probe"]`` with the asking call's id), and
-the verifying model's retries, fallbacks, exact cache and guardrails apply to it. Verdicts are kept
-per question pair for ``cache_ttl_s`` in a bounded in-process LRU. A timeout, an error or an answer
-that is not SAME is a miss: the check only ever costs a saving, never serves a doubtful answer.
+The model is asked through llmrelay's own pipeline (``probe.ModelProbe``), like the classifier
+router: its call has a record and a cost (marked ``extra["cache_probe"]`` with the asking call's
+id); verdicts are kept per question pair for ``cache_ttl_s``. A timeout, an error or an answer that
+does not start with SAME is a miss: the check only ever costs a saving, never serves a doubtful
+answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 
 from ...config import SemanticVerifyModel
-from ...errors import GatewayError
 from ...pipeline import Call, Result
-from ...types import ChatRequest, ChatResponse, Message
-from ..backends import MemoryBackend
+from ...probe import ModelProbe
 
 log = logging.getLogger("llmrelay.cache.semantic")
 
@@ -35,9 +30,6 @@ PROMPT = (
     "negation, or a different thing asked about (how versus why, best versus cheapest) make them "
     "DIFFERENT, even on the same topic. Reply with exactly one word: SAME or DIFFERENT."
 )
-# The answer must start with the label: "Not the same" holds SAME too, and a yes read into a hedge
-# would serve the wrong answer.
-_LABEL = re.compile(r"\W*(SAME|DIFFERENT)\b", re.IGNORECASE)
 
 Confirm = Callable[[str, str], Awaitable[bool]]  # (query, cached question) -> serve it?
 
@@ -47,9 +39,17 @@ class ModelVerifier:
 
     def __init__(self, settings: SemanticVerifyModel, handle: Callable[[Call], Awaitable[Result]]) -> None:
         self.settings = settings
-        self.handle = handle  # the relay's whole pipeline
-        self.prompt = settings.prompt or PROMPT
-        self.verdicts = MemoryBackend(settings.cache_max_bytes)
+        self.probe = ModelProbe(
+            handle,
+            model=settings.model,
+            prompt=settings.prompt or PROMPT,
+            labels=("SAME", "DIFFERENT"),
+            mark="cache_probe",
+            max_tokens=3,
+            timeout_s=settings.timeout_s,
+            cache_ttl_s=settings.cache_ttl_s,
+            cache_max_bytes=settings.cache_max_bytes,
+        )
 
     def for_call(self, call: Call) -> Confirm:
         """The check the index runs on its best candidate, on behalf of ``call``."""
@@ -59,43 +59,12 @@ class ModelVerifier:
         """True only when the model answers SAME; its verdict (or why there is none) goes on
         ``call.extra["cache_verify"]``."""
         model, limit = self.settings.model, self.settings.max_chars
-        pair = f"Question A: {cached[:limit]}\nQuestion B: {query[:limit]}"
-        key = hashlib.sha256(f"{model}\0{self.prompt}\0{pair}".encode()).hexdigest()
-        cached_label = await self.verdicts.get(key)
-        if cached_label is not None:
-            label = cached_label.decode()
-            call.extra["cache_verify"] = f"{model} said {label} (cached)"
-            return label == "SAME"
-        try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                answer = await self._ask(call, pair)
-        except TimeoutError:
-            return self._failed(call, f"no answer within {self.settings.timeout_s:g}s")
-        except GatewayError as error:
-            return self._failed(call, f"{type(error).__name__}: {error.message}")
-        found = _LABEL.match(answer)
-        if found is None:
-            return self._failed(call, f"it answered {answer[:40]!r}, neither SAME nor DIFFERENT")
-        label = found.group(1).upper()
-        await self.verdicts.set(key, label.encode(), self.settings.cache_ttl_s)
-        call.extra["cache_verify"] = f"{model} said {label}"
-        return label == "SAME"
-
-    async def _ask(self, call: Call, pair: str) -> str:
-        request = ChatRequest(
-            model=self.settings.model,
-            messages=[Message(role="system", content=self.prompt), Message(role="user", content=pair)],
-            temperature=0,
-            max_tokens=3,
-            user=call.request.user,
-        )
-        probe = Call(request, principal=call.principal)
-        probe.extra["cache_probe"] = call.id  # what this call was for, on its own record
-        result = await self.handle(probe)
-        assert isinstance(result, ChatResponse)  # not a stream: it was not asked for one
-        return result.choices[0].message.text() if result.choices else ""
-
-    def _failed(self, call: Call, why: str) -> bool:
-        log.warning("semantic cache: the verifying model failed for %s (%s); a miss", call.id, why)
-        call.extra["cache_verify"] = f"failed ({why}): a miss"
-        return False
+        verdict = await self.probe.ask(call, f"Question A: {cached[:limit]}\nQuestion B: {query[:limit]}")
+        if verdict.label is None:
+            log.warning(
+                "semantic cache: the verifying model failed for %s (%s); a miss", call.id, verdict.why
+            )
+            call.extra["cache_verify"] = f"failed ({verdict.why}): a miss"
+            return False
+        call.extra["cache_verify"] = f"{model} said {verdict.label}" + (" (cached)" if verdict.cached else "")
+        return verdict.label == "SAME"
