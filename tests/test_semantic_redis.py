@@ -64,6 +64,26 @@ async def test_an_answer_cached_by_one_replica_is_found_by_the_others(replicas) 
     assert await c.search("scope", "How do I not reset my password?", 0.8) is None
 
 
+async def test_a_confirm_check_has_the_last_word_on_a_shared_match(replicas) -> None:  # type: ignore[no-untyped-def]
+    """The route's model check (``confirm``) reaches the Redis index's search as the local one's."""
+    a = replicas()
+    await a.start()
+    await a.add("scope", "How do I reset my password?", "entry-1", ttl_s=30)
+    asked: list[tuple[str, str]] = []
+
+    def say(answer: bool):  # type: ignore[no-untyped-def]
+        async def confirm(query: str, cached: str) -> bool:
+            asked.append((query, cached))
+            return answer
+
+        return confirm
+
+    query = "How can I reset my password?"
+    assert await a.search("scope", query, 0.86, say(False)) is None
+    assert asked == [(query, "How do I reset my password?")]
+    assert (await a.search("scope", query, 0.86, say(True)))[0] == "entry-1"  # type: ignore[index]
+
+
 async def test_ttl_is_honoured_in_redis_and_in_every_mirror(replicas) -> None:  # type: ignore[no-untyped-def]
     a, b = replicas(), replicas()
     await b.start()
