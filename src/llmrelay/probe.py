@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .cache.backends import MemoryBackend
 from .errors import GatewayError
@@ -28,6 +29,16 @@ class Label:
     label: str | None  # one of the labels, upper case; None when there is none
     why: str = ""  # why there is none
     cached: bool = False  # kept from an earlier answer to the same question
+
+
+class ProbeSettings(Protocol):
+    """What a route configures for its probe (``ClassifierRouter``, ``SemanticVerifyModel``)."""
+
+    model: str
+    prompt: str | None
+    timeout_s: float
+    cache_ttl_s: float
+    cache_max_bytes: int
 
 
 class ModelProbe:
@@ -56,6 +67,30 @@ class ModelProbe:
         # The answer must start with a label: "Not simple" or "Not the same" holds one too, and
         # reading a yes into a hedge would route or serve wrongly.
         self._label = re.compile(rf"\W*({'|'.join(labels)})\b", re.IGNORECASE)
+
+    @classmethod
+    def configured(
+        cls,
+        handle: Callable[[Call], Awaitable[Result]],
+        settings: ProbeSettings,
+        *,
+        prompt: str,
+        labels: tuple[str, str],
+        mark: str,
+        max_tokens: int,
+    ) -> ModelProbe:
+        """A probe as ``settings`` say, with ``prompt`` when they set none."""
+        return cls(
+            handle,
+            model=settings.model,
+            prompt=settings.prompt or prompt,
+            labels=labels,
+            mark=mark,
+            max_tokens=max_tokens,
+            timeout_s=settings.timeout_s,
+            cache_ttl_s=settings.cache_ttl_s,
+            cache_max_bytes=settings.cache_max_bytes,
+        )
 
     async def ask(self, call: Call, text: str) -> Label:
         """The model's label for ``text``, asked on behalf of ``call``."""

@@ -36,16 +36,8 @@ class Classifier:
     ) -> None:
         self.settings = settings
         self.on_error = on_error
-        self.probe = ModelProbe(
-            handle,
-            model=settings.model,
-            prompt=settings.prompt or PROMPT,
-            labels=("SIMPLE", "COMPLEX"),
-            mark="route_probe",
-            max_tokens=5,
-            timeout_s=settings.timeout_s,
-            cache_ttl_s=settings.cache_ttl_s,
-            cache_max_bytes=settings.cache_max_bytes,
+        self.probe = ModelProbe.configured(
+            handle, settings, prompt=PROMPT, labels=("SIMPLE", "COMPLEX"), mark="route_probe", max_tokens=5
         )
 
     async def verdict(self, call: Call) -> Verdict:

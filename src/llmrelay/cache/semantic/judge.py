@@ -39,16 +39,8 @@ class ModelVerifier:
 
     def __init__(self, settings: SemanticVerifyModel, handle: Callable[[Call], Awaitable[Result]]) -> None:
         self.settings = settings
-        self.probe = ModelProbe(
-            handle,
-            model=settings.model,
-            prompt=settings.prompt or PROMPT,
-            labels=("SAME", "DIFFERENT"),
-            mark="cache_probe",
-            max_tokens=3,
-            timeout_s=settings.timeout_s,
-            cache_ttl_s=settings.cache_ttl_s,
-            cache_max_bytes=settings.cache_max_bytes,
+        self.probe = ModelProbe.configured(
+            handle, settings, prompt=PROMPT, labels=("SAME", "DIFFERENT"), mark="cache_probe", max_tokens=3
         )
 
     def for_call(self, call: Call) -> Confirm:
