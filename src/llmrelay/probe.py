@@ -45,52 +45,26 @@ class ModelProbe:
     def __init__(
         self,
         handle: Callable[[Call], Awaitable[Result]],
-        *,
-        model: str,
-        prompt: str,
-        labels: tuple[str, str],
-        mark: str,
-        max_tokens: int,
-        timeout_s: float,
-        cache_ttl_s: float,
-        cache_max_bytes: int,
-    ) -> None:
-        self.handle = handle  # the relay's whole pipeline
-        self.model = model
-        self.prompt = prompt
-        self.labels = labels
-        self.mark = mark
-        self.max_tokens = max_tokens
-        self.timeout_s = timeout_s
-        self.cache_ttl_s = cache_ttl_s
-        self.verdicts = MemoryBackend(cache_max_bytes)
-        # The answer must start with a label: "Not simple" or "Not the same" holds one too, and
-        # reading a yes into a hedge would route or serve wrongly.
-        self._label = re.compile(rf"\W*({'|'.join(labels)})\b", re.IGNORECASE)
-
-    @classmethod
-    def configured(
-        cls,
-        handle: Callable[[Call], Awaitable[Result]],
         settings: ProbeSettings,
         *,
         prompt: str,
         labels: tuple[str, str],
         mark: str,
         max_tokens: int,
-    ) -> ModelProbe:
-        """A probe as ``settings`` say, with ``prompt`` when they set none."""
-        return cls(
-            handle,
-            model=settings.model,
-            prompt=settings.prompt or prompt,
-            labels=labels,
-            mark=mark,
-            max_tokens=max_tokens,
-            timeout_s=settings.timeout_s,
-            cache_ttl_s=settings.cache_ttl_s,
-            cache_max_bytes=settings.cache_max_bytes,
-        )
+    ) -> None:
+        """``prompt``: the system prompt when ``settings`` set none; ``mark``: the ``extra`` key
+        naming, on the probe's own record, the call it was asked for."""
+        self.handle = handle  # the relay's whole pipeline
+        self.settings = settings
+        self.model = settings.model
+        self.prompt = settings.prompt or prompt
+        self.labels = labels
+        self.mark = mark
+        self.max_tokens = max_tokens
+        self.verdicts = MemoryBackend(settings.cache_max_bytes)
+        # The answer must start with a label: "Not simple" or "Not the same" holds one too, and
+        # reading a yes into a hedge would route or serve wrongly.
+        self._label = re.compile(rf"\W*({'|'.join(labels)})\b", re.IGNORECASE)
 
     async def ask(self, call: Call, text: str) -> Label:
         """The model's label for ``text``, asked on behalf of ``call``."""
@@ -99,10 +73,10 @@ class ModelProbe:
         if kept is not None:
             return Label(kept.decode(), cached=True)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.settings.timeout_s):
                 answer = await self._ask(call, text)
         except TimeoutError:
-            return Label(None, f"no answer within {self.timeout_s:g}s")
+            return Label(None, f"no answer within {self.settings.timeout_s:g}s")
         except GatewayError as error:
             return Label(None, f"{type(error).__name__}: {error.message}")
         found = self._label.match(answer)
@@ -110,7 +84,7 @@ class ModelProbe:
             first, second = self.labels
             return Label(None, f"it answered {answer[:40]!r}, neither {first} nor {second}")
         label = found.group(1).upper()
-        await self.verdicts.set(key, label.encode(), self.cache_ttl_s)
+        await self.verdicts.set(key, label.encode(), self.settings.cache_ttl_s)
         return Label(label)
 
     async def _ask(self, call: Call, text: str) -> str:

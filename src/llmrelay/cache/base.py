@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+# (query, cached question) -> serve it? A route's last word on a semantic match (semantic/judge.py).
+Confirm = Callable[[str, str], Awaitable[bool]]
+
 
 class CacheBackend(Protocol):
     """Bytes under a key for ``ttl_s`` seconds. Every method may raise on a store outage; the stage
@@ -28,7 +31,7 @@ class SemanticIndex(Protocol):
         scope: str,
         query: str,
         threshold: float,
-        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
+        confirm: Confirm | None = None,
     ) -> tuple[str, float] | None:
         """The best verified match in ``scope``: (entry_key, similarity), or None. ``confirm(query,
         cached question)``, when given, has the last word on the one candidate that passed the rest."""

@@ -36,7 +36,7 @@ class Classifier:
     ) -> None:
         self.settings = settings
         self.on_error = on_error
-        self.probe = ModelProbe.configured(
+        self.probe = ModelProbe(
             handle, settings, prompt=PROMPT, labels=("SIMPLE", "COMPLEX"), mark="route_probe", max_tokens=5
         )
 

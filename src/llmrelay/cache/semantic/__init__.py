@@ -13,12 +13,13 @@ defaults. The local embedder needs ``pip install 'llmrelay[semantic]'`` and the 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Literal, Protocol
+from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ConfigError
+from ..base import SemanticIndex
 from .embedders import INSTALL_HINT, Embedder, Encoder, HttpEmbedder, LocalEmbedder
 from .engine import LocalSemanticIndex
 from .judge import ModelVerifier
@@ -29,22 +30,6 @@ from .verify import Verifier
 # the 0.01 margin: the lowest threshold with QQP false hits under 10% (9.8% at 55.7% duplicate
 # recall; mock paraphrases 98.6% precision / 83.1% recall). Another embedder needs its own.
 DEFAULT_THRESHOLD = 0.84
-
-
-class SemanticIndex(Protocol):
-    async def search(
-        self,
-        scope: str,
-        query: str,
-        threshold: float,
-        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
-    ) -> tuple[str, float] | None:
-        """The best verified match in ``scope``: (entry_key, similarity), or None."""
-        ...
-
-    async def add(self, scope: str, query: str, entry_key: str, ttl_s: float) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class EmbedderSettings(BaseModel):

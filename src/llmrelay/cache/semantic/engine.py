@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ...errors import GatewayError
+from ..base import Confirm
 from .embedders import Embedder
 from .index import Entry, ScopedIndex
 from .verify import Verifier
@@ -73,7 +74,7 @@ class LocalSemanticIndex:
         scope: str,
         query: str,
         threshold: float,
-        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
+        confirm: Confirm | None = None,
     ) -> tuple[str, float] | None:
         query = query.strip()
         vector = await self._embed(query) if query and self.index is not None else None

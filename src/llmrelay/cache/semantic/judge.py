@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from ...config import SemanticVerifyModel
 from ...pipeline import Call, Result
 from ...probe import ModelProbe
+from ..base import Confirm
 
 log = logging.getLogger("llmrelay.cache.semantic")
 
@@ -31,15 +32,13 @@ PROMPT = (
     "DIFFERENT, even on the same topic. Reply with exactly one word: SAME or DIFFERENT."
 )
 
-Confirm = Callable[[str, str], Awaitable[bool]]  # (query, cached question) -> serve it?
-
 
 class ModelVerifier:
     """``same(call, query, cached)``: does the configured model call them the same question?"""
 
     def __init__(self, settings: SemanticVerifyModel, handle: Callable[[Call], Awaitable[Result]]) -> None:
         self.settings = settings
-        self.probe = ModelProbe.configured(
+        self.probe = ModelProbe(
             handle, settings, prompt=PROMPT, labels=("SAME", "DIFFERENT"), mark="cache_probe", max_tokens=3
         )
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
+from ..base import Confirm
 from .embedders import Embedder
 from .engine import LocalSemanticIndex
 from .index import Entry
@@ -94,7 +94,7 @@ class RedisSemanticIndex(LocalSemanticIndex):
         scope: str,
         query: str,
         threshold: float,
-        confirm: Callable[[str, str], Awaitable[bool]] | None = None,
+        confirm: Confirm | None = None,
     ) -> tuple[str, float] | None:
         await self.start()
         return await super().search(scope, query, threshold, confirm)
