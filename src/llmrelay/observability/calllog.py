@@ -108,7 +108,7 @@ class CallLog:
         """Append the record to the journal: never waits on the store."""
         assert self._journal is not None, "CallLog.start() was not awaited"
         # orjson serializes the dataclass itself: ~3 us, against ~35 through dataclasses.asdict.
-        self._journal.append(orjson.dumps(record, default=str) + b"\n")
+        self._journal.append(orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE))
 
     @property
     def queue_depth(self) -> int:
