@@ -5,9 +5,13 @@ SQLite and PostgreSQL (store alone), then the same number through ``CallLog`` (`
 fast as possible, time until all are committed): records/s, CPU per record, the cost of ``submit``.
 
 Part 2, subprocesses on loopback (the machinery of bench/overhead.py): nginx as the upstream and one
-gateway per call-log setting (off + metrics off, SQLite + metrics, [PostgreSQL + metrics]) in
-alternating rounds of wrk at c=1 and c=32; then checks that each store holds one record per request
-the gateway served (counted by the upstream's access log and by /metrics).
+gateway per setting in alternating rounds of wrk at c=1 and c=32: ``nolog`` (the call log off,
+metrics on: the default config without the call log), ``sqlite`` and ``postgres`` (the call log on,
+metrics on) and ``off`` (call log and metrics off: no record is built at all). The call log's cost is
+each call-log gateway against ``nolog``, the only difference between them; against ``off`` it is
+the cost of recording as a whole (the record, metrics and the call log). Then checks that each store
+holds one record per request the gateway served (counted by the upstream's access log and by
+/metrics).
 
     .venv/bin/python bench/calllog.py                    # ~2 min
     .venv/bin/python bench/calllog.py --no-postgres      # SQLite only
@@ -616,12 +620,13 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
     try:
         specs: list[tuple[str, str | None, bool]] = [
             ("off", None, False),
+            ("nolog", None, True),
             ("sqlite", "sqlite:///calls.db", True),
         ]
         if pg is not None:
             specs.append(("postgres", pg.create("gateway"), True))
         if args.split:
-            specs += [("metrics", None, True), ("sqlite-nm", "sqlite:///calls.db", False)]
+            specs.append(("sqlite-nm", "sqlite:///calls.db", False))
         if args.control:  # A/A: the same gateway as `off` again; its ratios are this run's noise
             specs.append(("off-again", None, False))
         ports = [overhead.free_port() for _ in specs]
@@ -694,7 +699,6 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
 
 
 def report_gateways(gateways: list[Gateway]) -> None:
-    base = gateways[0]
     print()
     header = (
         f"{'gateway':<10}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU/req':>10}"
@@ -722,8 +726,13 @@ def report_gateways(gateways: list[Gateway]) -> None:
         "  PG CPU/req: the PostgreSQL server's processes over the same span (same 2 cores, not in CPU/req)"
     )
     print()
+    by_name = {g.name: g for g in gateways}
     for g in gateways[1:]:
-        for c in (1, 32):
+        # A call-log gateway with metrics against the one without the call log (the call log's own
+        # cost); every gateway against `off` (what recording costs as a whole).
+        bases = ["nolog", "off"] if g.store is not None and g.metrics else ["off"]
+        for base_name, c in ((b, c) for b in bases for c in (1, 32)):
+            base = by_name[base_name]
             pairs = list(zip(base.runs[c], g.runs[c], strict=True))
             rps_ratios = sorted(on.rps / off.rps for off, on in pairs)
             p99_ratios = sorted(on.p99_ms / off.p99_ms for off, on in pairs)
@@ -734,7 +743,7 @@ def report_gateways(gateways: list[Gateway]) -> None:
             cpu_off = sum(r.server_cpu_s for r in base.runs[c]) / sum(r.total for r in base.runs[c])
             verdict = "within 10%" if rps >= 0.9 and p99 <= 1.1 else "NOT within 10%"
             print(
-                f"  {g.name} vs off, c={c}: throughput x{rps:.3f}, p50 x{p50:.3f}, p99 x{p99:.3f}, "
+                f"  {g.name} vs {base.name}, c={c}: throughput x{rps:.3f}, p50 x{p50:.3f}, p99 x{p99:.3f}, "
                 f"CPU/req x{cpu_on / cpu_off:.3f} (+{(cpu_on - cpu_off) * 1e6:.0f} us): {verdict}"
             )
             print(
@@ -766,7 +775,7 @@ def main() -> None:
     ap.add_argument(
         "--split",
         action="store_true",
-        help="also gateways with metrics only and with the SQLite call log only (what each costs)",
+        help="also a gateway with the SQLite call log and no metrics (against `off`: the call log alone)",
     )
     ap.add_argument(
         "--control",
