@@ -41,6 +41,9 @@ class DictIndex:
         self.entries[(scope, self._norm(query))] = entry_key
         self.ttls.append(ttl_s)
 
+    async def ready(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         self.closed = True
 
@@ -126,7 +129,12 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "semantic-cache.yaml"
 def semantic_gateway(tmp_path_factory):
     pytest.importorskip("usearch", reason="the semantic extra: pip install 'llmrelay[semantic]'")
     tmp = tmp_path_factory.mktemp("semantic")
-    server = start_process(["serve", "--config", str(EXAMPLE)], free_port(), tmp, ready_path="/healthz")
+    # A cold start, as on a new machine: the ONNX graph is built at start (a few seconds). Served
+    # before it was ready, the first requests missed and were never indexed.
+    env = {"LLMRELAY_CACHE_DIR": str(tmp / "model-cache")}
+    server = start_process(
+        ["serve", "--config", str(EXAMPLE)], free_port(), tmp, ready_path="/healthz", env=env
+    )
     yield server
     stop_process(server)
 

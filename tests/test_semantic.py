@@ -35,6 +35,9 @@ class SharedEmbedder:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await self.inner.embed(texts)
 
+    async def ready(self) -> None:
+        await self.inner.ready()
+
     async def aclose(self) -> None:
         pass
 

@@ -43,13 +43,20 @@ log = logging.getLogger(__name__)
 StageFactory = Callable[["Relay"], Stage | None | Awaitable[Stage | None]]
 _Closable = TypeVar("_Closable", bound=Any)  # a stage with ``async def aclose()``
 
+
+async def _ready(stage: CacheStage) -> CacheStage:
+    """The cache once its semantic index can answer: served before, a paraphrase would miss."""
+    await stage.ready()
+    return stage
+
+
 STAGES: dict[str, StageFactory] = {
     "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
     "route": RouteStage.from_relay,
     "limit": LimitStage.from_relay,
     "budget": BudgetStage.from_relay,
     "guard_input": GuardInput.from_relay,
-    "cache": lambda relay: relay.owned(CacheStage.from_relay(relay)),
+    "cache": lambda relay: _ready(relay.owned(CacheStage.from_relay(relay))),
     "guard_output": GuardOutput.from_relay,
     "execute": lambda relay: Executor(
         relay.catalog,

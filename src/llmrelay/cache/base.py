@@ -39,4 +39,9 @@ class SemanticIndex(Protocol):
 
     async def add(self, scope: str, query: str, entry_key: str, ttl_s: float) -> None: ...
 
+    async def ready(self) -> None:
+        """Returns once searches can run (its embedding model loaded): the gateway waits for it
+        before it serves."""
+        ...
+
     async def aclose(self) -> None: ...

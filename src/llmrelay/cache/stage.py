@@ -134,6 +134,10 @@ class CacheStage:
             timeout_s=settings.timeout_s,
         )
 
+    async def ready(self) -> None:
+        if self.semantic is not None:
+            await self.semantic.ready()
+
     async def aclose(self) -> None:
         if self.semantic is not None:
             await self.semantic.aclose()

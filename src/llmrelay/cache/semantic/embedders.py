@@ -36,6 +36,8 @@ class Embedder(Protocol):
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray: ...  # (len(texts), dim), unit rows
 
+    async def ready(self) -> None: ...  # returns once ``embed`` can run (a local model loaded)
+
     async def aclose(self) -> None: ...
 
 
@@ -144,6 +146,17 @@ class LocalEmbedder:
         threadpool_limits(limits=1, user_api="blas")
         return BertEncoder(self.model_dir)
 
+    async def ready(self) -> None:
+        """Waits for the model to load: the first start on a machine builds its ONNX graph (a few
+        seconds), and a lookup that came meanwhile would time out and miss, and so would the entry
+        it was to store (measured: a paraphrase right after the first request missed)."""
+        try:
+            await asyncio.wrap_future(self._encoder)
+        except Exception as exc:
+            raise ConfigError(
+                f"The semantic cache's embedding model did not load ({exc}): {INSTALL_HINT}"
+            ) from exc
+
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
         """Blocking; for benchmarks and tools, not for the event loop."""
         return self._encoder.result().encode(list(texts))
@@ -187,6 +200,9 @@ class HttpEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await _memoised(self._memo, texts, self._fetch)
+
+    async def ready(self) -> None:
+        pass  # nothing to load: the endpoint's outages are a lookup's misses
 
     async def _fetch(self, texts: list[str]) -> np.ndarray:
         from ...providers.base import _mapped_transport_errors

@@ -56,6 +56,9 @@ class LocalSemanticIndex:
         }
         self.stats = {"hits": 0, "misses": 0, "rejected": 0, "errors": 0}
 
+    async def ready(self) -> None:
+        await self.embedder.ready()
+
     async def _embed(self, text: str) -> np.ndarray | None:
         try:
             return (await self.embedder.embed([text]))[0]

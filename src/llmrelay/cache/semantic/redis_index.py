@@ -89,6 +89,10 @@ class RedisSemanticIndex(LocalSemanticIndex):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._synced.wait(), wait_s)
 
+    async def ready(self) -> None:
+        await self.start()
+        await super().ready()
+
     async def search(
         self,
         scope: str,
