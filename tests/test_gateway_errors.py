@@ -90,6 +90,12 @@ def test_x_api_key_header_is_accepted(gateway):
             b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}',
             "max_tokens",
         ),
+        # Only an assistant turn (that called tools) may come without content, as in OpenAI's API.
+        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": null}]}', "messages.0.content"),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"role": "system"}, {"role": "user", "content": "hi"}]}',
+            "messages.0.content",
+        ),
     ],
 )
 def test_openai_bad_bodies_are_400(gateway, body, param):
