@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -731,8 +732,7 @@ def report_gateways(gateways: list[Gateway]) -> None:
         # A call-log gateway with metrics against the one without the call log (the call log's own
         # cost); every gateway against `off` (what recording costs as a whole).
         bases = ["nolog", "off"] if g.store is not None and g.metrics else ["off"]
-        for base_name, c in ((b, c) for b in bases for c in (1, 32)):
-            base = by_name[base_name]
+        for base, c in itertools.product([by_name[b] for b in bases], (1, 32)):
             pairs = list(zip(base.runs[c], g.runs[c], strict=True))
             rps_ratios = sorted(on.rps / off.rps for off, on in pairs)
             p99_ratios = sorted(on.p99_ms / off.p99_ms for off, on in pairs)

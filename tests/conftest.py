@@ -102,6 +102,13 @@ def serve_config(config: dict, tmp: Path) -> Server:
     return server
 
 
+def simulate_config(settings: dict, tmp: Path) -> Server:
+    """``llmrelay simulate`` with ``settings`` (written as YAML under ``tmp``), ready to answer."""
+    path = tmp / f"simulator-{free_port()}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return start_process(["simulate", "--config", str(path)], free_port(), tmp, ready_path="/v1/models")
+
+
 def stop_process(server: Server) -> None:
     server.process.terminate()
     try:
@@ -140,11 +147,7 @@ SIMULATOR_CONFIG = {
 @pytest.fixture(scope="session")
 def simulator(session_tmp: Path) -> Iterator[Server]:
     """``llmrelay simulate`` on a free loopback port, with the rules and faults above."""
-    config = session_tmp / "simulator.yaml"
-    config.write_text(yaml.safe_dump(SIMULATOR_CONFIG))
-    server = start_process(
-        ["simulate", "--config", str(config)], free_port(), session_tmp, ready_path="/v1/models"
-    )
+    server = simulate_config(SIMULATOR_CONFIG, session_tmp)
     yield server
     stop_process(server)
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
-from .conftest import MASTER_KEY, Server, free_port, serve_config, start_process, stop_process
+from .conftest import MASTER_KEY, Server, serve_config, simulate_config, stop_process
 
 KEYS = {name: f"sk-batch-test-{name}-0123456789" for name in ("a", "b", "c")}
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -26,17 +25,11 @@ FINAL = ("completed", "failed", "expired", "cancelled")
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("batch-sim")
-    config = tmp / "simulator.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "batch_delay_s": 0.3,
-                "per_model": {"fault-500*": {"faults": {"500": 1.0}}, "slow-*": {"latency_ms": 300}},
-            }
-        )
-    )
-    server = start_process(["simulate", "--config", str(config)], free_port(), tmp, ready_path="/v1/models")
+    settings = {
+        "batch_delay_s": 0.3,
+        "per_model": {"fault-500*": {"faults": {"500": 1.0}}, "slow-*": {"latency_ms": 300}},
+    }
+    server = simulate_config(settings, tmp_path_factory.mktemp("batch-sim"))
     yield server
     stop_process(server)
 

@@ -15,7 +15,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-import yaml
 
 from llmrelay import Relay
 from llmrelay.errors import RateLimitError
@@ -26,10 +25,9 @@ from llmrelay.types import ChatRequest
 from .conftest import (
     REDIS_URL,
     Server,
-    free_port,
     redis_prefix_that_expires,
     serve_config,
-    start_process,
+    simulate_config,
     stop_process,
 )
 
@@ -39,18 +37,12 @@ HOLD = [{"role": "user", "content": "hold the line"}]  # a long answer (~3 s) fr
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("ratelimit-sim")
-    config = tmp / "sim.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "seed": 1,
-                "rules": [{"match": "hold the line", "reply": " ".join(["word"] * 150)}],
-                "per_model": {"lag-*": {"latency_ms": 100, "per_token_ms": 20}},
-            }
-        )
-    )
-    server = start_process(["simulate", "--config", str(config)], free_port(), tmp, ready_path="/v1/models")
+    settings = {
+        "seed": 1,
+        "rules": [{"match": "hold the line", "reply": " ".join(["word"] * 150)}],
+        "per_model": {"lag-*": {"latency_ms": 100, "per_token_ms": 20}},
+    }
+    server = simulate_config(settings, tmp_path_factory.mktemp("ratelimit-sim"))
     yield server
     stop_process(server)
 

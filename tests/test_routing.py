@@ -21,7 +21,7 @@ from llmrelay.routing.heuristic import Heuristic
 from llmrelay.routing.settings import ExperimentSettings, HeuristicRouter
 from llmrelay.types import ChatRequest, Message
 
-from .conftest import free_port, recorded, serve_config, start_process, stop_process
+from .conftest import recorded, serve_config, simulate_config, stop_process
 from .test_cli_calllog import llmrelay
 
 HARD = "Analyze the trade-offs of these two designs and prove which one scales better."
@@ -111,10 +111,7 @@ def routing_config(sim: str, home: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("routing-sim")
-    path = tmp / "sim.yaml"
-    path.write_text(yaml.safe_dump(SIMULATOR))
-    server = start_process(["simulate", "--config", str(path)], free_port(), tmp, ready_path="/v1/models")
+    server = simulate_config(SIMULATOR, tmp_path_factory.mktemp("routing-sim"))
     yield server
     stop_process(server)
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import openai
 import pytest
-import yaml
 
 from llmrelay import Relay
 from llmrelay.errors import ConfigError
 from llmrelay.observability.sqlite_store import SqliteCallStore
 
-from .conftest import free_port, gateway_config, recorded, serve_config, start_process, stop_process
+from .conftest import gateway_config, recorded, serve_config, simulate_config, stop_process
 
 # The verifying models' scripts (the simulator matches the verifier's question pair).
 SIMULATOR = {
@@ -62,10 +61,7 @@ def config(sim: str, home: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("verify-sim")
-    path = tmp / "sim.yaml"
-    path.write_text(yaml.safe_dump(SIMULATOR))
-    server = start_process(["simulate", "--config", str(path)], free_port(), tmp, ready_path="/v1/models")
+    server = simulate_config(SIMULATOR, tmp_path_factory.mktemp("verify-sim"))
     yield server
     stop_process(server)
 
