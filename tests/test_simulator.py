@@ -227,6 +227,30 @@ async def test_schema_placeholder_refs_and_nesting() -> None:
     assert placeholder(schema, "t") == {"p": {"x": 0}, "ok": False, "maybe": "t", "pts": [{"x": 0}]}
 
 
+async def test_a_schema_asking_for_millions_of_items_gets_a_cut_off_answer_at_once(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    # The embedded simulator shares the gateway's event loop: building 10^8 items would stall
+    # every other request for minutes. A real model would run out of output tokens instead.
+    huge = {"type": "array", "items": {"type": "string"}, "minItems": 100_000_000}
+    nested = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 10**6}}
+    nested["minItems"] = 10**6
+    assert len(placeholder(huge, "t")) == 10_000
+    grid = placeholder(nested, "t")
+    assert grid == [[0] * 10_000]
+    assert placeholder({"type": "array", "minItems": "many"}, "t") == []
+    started = time.monotonic()
+    r = await oai.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "list"}],
+        max_tokens=50,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": huge}},
+    )
+    assert time.monotonic() - started < 5
+    assert r.choices[0].finish_reason == "length" and r.usage is not None
+    assert r.usage.completion_tokens == 50
+
+
 async def test_stream_pieces_never_split_characters() -> None:
     text = "日本語のテキスト 🎉🎉 café naïve — done"
     pieces = split_tokens(text, "gpt-4o", per_chunk=1)

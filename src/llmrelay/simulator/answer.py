@@ -100,39 +100,66 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def placeholder(
-    schema: dict[str, Any], text: str, *, root: dict[str, Any] | None = None, depth: int = 0
-) -> Any:
+# Values a placeholder may hold in all: a schema asking for minItems 100000000 (or arrays of
+# arrays) gets a cut-off answer, as a real model runs out of output tokens, instead of building it
+# on the gateway's event loop (the embedded simulator shares it) for minutes.
+_PLACEHOLDER_VALUES = 10_000
+
+
+def placeholder(schema: dict[str, Any], text: str) -> Any:
     """A minimal value satisfying ``schema``: required properties only, type-appropriate values.
 
     Strings get the user's text (so tests can see it came through), numbers 0, booleans false.
-    Local ``$ref``s (``#/$defs/...``) are followed; recursion is cut at a small depth.
+    Local ``$ref``s (``#/$defs/...``) are followed; recursion is cut at a small depth; arrays stop
+    growing once the whole value holds ``_PLACEHOLDER_VALUES`` values.
     """
-    root = root if root is not None else schema
-    if depth > 8:
-        return None
-    if "$ref" in schema:
-        return placeholder(_resolve(root, schema["$ref"]), text, root=root, depth=depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return placeholder(schema[key][0], text, root=root, depth=depth + 1)
-    kind = schema.get("type", "object" if "properties" in schema else "string")
-    if isinstance(kind, list):  # ["string", "null"]: the first non-null type
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        props = schema.get("properties") or {}
-        return {
-            name: placeholder(props.get(name) or {}, text, root=root, depth=depth + 1)
-            for name in schema.get("required") or ()
-        }
-    if kind == "array":
-        item = placeholder(schema.get("items") or {}, text, root=root, depth=depth + 1)
-        return [item] * int(schema.get("minItems") or 0)
-    return {"string": text, "integer": 0, "number": 0, "boolean": False, "null": None}.get(kind, text)
+    return _Placeholder(schema, text).value(schema, 0)[0]
+
+
+class _Placeholder:
+    def __init__(self, root: dict[str, Any], text: str) -> None:
+        self.root = root
+        self.text = text
+        self.left = _PLACEHOLDER_VALUES
+
+    def value(self, schema: dict[str, Any], depth: int) -> tuple[Any, int]:
+        """The value and how many values it holds (itself included)."""
+        if depth > 8:
+            return None, 1
+        if "$ref" in schema:
+            return self.value(_resolve(self.root, schema["$ref"]), depth + 1)
+        if "const" in schema:
+            return schema["const"], 1
+        if schema.get("enum"):
+            return schema["enum"][0], 1
+        for key in ("anyOf", "oneOf", "allOf"):
+            if schema.get(key):
+                return self.value(schema[key][0], depth + 1)
+        kind = schema.get("type", "object" if "properties" in schema else "string")
+        if isinstance(kind, list):  # ["string", "null"]: the first non-null type
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind == "object":
+            props = schema.get("properties") or {}
+            out, size = {}, 1
+            for name in schema.get("required") or ():
+                out[name], n = self.value(props.get(name) or {}, depth + 1)
+                size += n
+            return out, size
+        if kind == "array":
+            item, n = self.value(schema.get("items") or {}, depth + 1)
+            # At least one item when some are asked for: the item was built within the budget.
+            count = min(_count(schema.get("minItems")), max(self.left // n, 1))
+            self.left -= count * n
+            return [item] * count, 1 + count * n
+        scalars = {"string": self.text, "integer": 0, "number": 0, "boolean": False, "null": None}
+        return scalars.get(kind, self.text), 1
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError, OverflowError):  # a schema's minItems of "many" or 1e400
+        return 0
 
 
 def _resolve(root: dict[str, Any], ref: str) -> dict[str, Any]:
