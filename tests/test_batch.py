@@ -248,6 +248,8 @@ GOOD = json.dumps(
         ('{"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}}', "url"),
         ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-local"}}', "messages"),
         ('{"custom_id": "x", "url": "/v1/chat/completions", "body": {"model": "gpt-local", "messages": [{"role": "user", "content": "a"}], "stream": true}}', "stream"),
+        # Read (orjson takes 1,024 levels) but not writable into a job (254): refused up front.
+        ('{"custom_id": "x", "url": "/v1/chat/completions", "body": {"model": "gpt-local", "messages": [{"role": "user", "content": "a"}], "x": ' + "[" * 300 + "]" * 300 + "}}", "levels deep"),
     ],
 )  # fmt: skip
 def test_bad_jsonl_names_the_line(gateway: Server, bad_line: str, words: str) -> None:
@@ -276,6 +278,13 @@ def test_bad_batch_requests(gateway: Server) -> None:
         gateway.url + "/v1/batches", headers={"authorization": f"Bearer {KEYS['a']}"}, content=b"not json"
     )
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    # A list's limit: ASCII digits only ("²" passes str.isdigit but not int), and not 5,000 of them.
+    for limit in ("%C2%B2", "%D9%A3", "9" * 5000, "0", "-1"):
+        for path in ("/v1/files", "/v1/batches"):
+            r = httpx.get(
+                f"{gateway.url}{path}?limit={limit}", headers={"authorization": f"Bearer {KEYS['a']}"}
+            )
+            assert r.status_code == 400 and r.json()["error"]["param"] == "limit", (path, limit, r.text)
 
 
 # --- ownership -----------------------------------------------------------------------------------

@@ -149,6 +149,13 @@ def test_signing_in_sets_a_session_cookie_that_is_not_the_key(gateway: Server) -
     for value in (tampered, expired, session_cookie(int(time.time()) + 60, key="sk-other")):
         response = httpx.get(gateway.url + "/dashboard/api/summary", cookies={"llmrelay_dashboard": value})
         assert response.status_code == 401
+    # Forged expiries that str.isdigit() takes but int() refuses (or takes 4,300 digits to refuse).
+    for raw in (b"llmrelay_dashboard=\xb2.x", b"llmrelay_dashboard=" + b"9" * 5000 + b".x"):
+        for path in ("/dashboard/api/summary", "/dashboard"):
+            assert httpx.get(gateway.url + path, headers={b"cookie": raw}).status_code == 401, (
+                raw[:30],
+                path,
+            )
 
 
 def test_the_api_reads_the_call_log(gateway: Server, calls: dict[str, str]) -> None:

@@ -3,6 +3,8 @@ never a 500 or a hang."""
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import openai
@@ -68,6 +70,11 @@ def test_missing_and_wrong_key(gateway, oa, an):
 def test_x_api_key_header_is_accepted(gateway):
     response = httpx.post(gateway.url + "/v1/chat/completions", json=HELLO, headers={"x-api-key": MASTER_KEY})
     assert response.status_code == 200
+    # An empty x-api-key (a client's unset variable) does not hide the Bearer key beside it.
+    both = {"x-api-key": "", "authorization": f"Bearer {MASTER_KEY}"}
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=HELLO, headers=both).status_code == 200
+    response = httpx.post(gateway.url + "/v1/chat/completions", json=HELLO, headers={"x-api-key": ""})
+    assert "No API key provided" in assert_openai_error(response, 401, "authentication_error")["message"]
 
 
 # --- malformed requests -----------------------------------------------------------------------
@@ -116,6 +123,70 @@ def test_openai_bad_bodies_are_400(gateway, body, param):
 def test_anthropic_bad_bodies_are_400(gateway, body):
     response = httpx.post(gateway.url + "/v1/messages", content=body, headers={"x-api-key": MASTER_KEY})
     assert_anthropic_error(response, 400, "invalid_request_error")
+
+
+def _nested(depth: int) -> object:
+    value: object = {}
+    for _ in range(depth - 1):
+        value = {"type": "object", "properties": {"x": value}}
+    return value
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"])
+def test_json_nested_too_deep_to_pass_on_is_400(gateway, model):
+    # orjson reads 1,024 levels but writes 254: a body in between was read, then failed on its way
+    # upstream (a 500). Refused up front beyond 128 levels; real requests and schemas nest far less.
+    deep = {**HELLO, "model": model, "x": json.loads("[" * 300 + "]" * 300)}
+    tool = {"type": "function", "function": {"name": "f", "parameters": _nested(150)}}
+    for body in (
+        deep,
+        {**HELLO, "model": model, "tools": [tool]},
+        {**HELLO, "model": model, "temperature": 0, "x": deep["x"]},
+    ):
+        response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH)
+        error = assert_openai_error(response, 400, "invalid_request_error")
+        assert "128 levels deep" in error["message"]
+    anthropic_body = {
+        "model": model,
+        "max_tokens": 5,
+        "messages": HELLO["messages"],
+        "metadata": {"x": deep["x"]},
+    }
+    response = httpx.post(
+        gateway.url + "/v1/messages", json=anthropic_body, headers={"x-api-key": MASTER_KEY}
+    )
+    assert "128 levels deep" in assert_anthropic_error(response, 400, "invalid_request_error")["message"]
+    # As deep as a real JSON schema may go, and then some: served.
+    tool["function"]["parameters"] = _nested(60)
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions", json={**HELLO, "model": model, "tools": [tool]}, headers=AUTH
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        '{"a": ' + "9" * 5000 + "}",
+        '{"a": "\\ud800"}',
+        "[" * 5000 + "]" * 5000,
+        '{"a": ' + "[" * 300 + "]" * 300 + "}",
+        "[1]",
+    ],
+)
+def test_tool_call_arguments_that_cannot_pass_to_anthropic_are_400(gateway, arguments):
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    body = {
+        "model": "claude-haiku",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "r"},
+        ],
+    }
+    response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH)
+    error = assert_openai_error(response, 400, "invalid_request_error")
+    assert error["param"] == "messages.1.tool_calls.0.function.arguments"
 
 
 def test_unknown_model_is_404_in_both_formats(gateway, oa, an):

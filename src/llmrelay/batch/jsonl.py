@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from .. import jsondepth
 from ..errors import GatewayError, InvalidRequestError
 from ..providers import openai_format
 from ..types import ChatRequest
@@ -63,6 +64,8 @@ def _parse(number: int, raw: bytes, index: int) -> Line:
         item = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _bad(number, f"not valid JSON ({exc})") from None
+    if jsondepth.too_deep(raw, item):
+        raise _bad(number, f"nests JSON more than {jsondepth.MAX_DEPTH} levels deep")
     if not isinstance(item, dict):
         raise _bad(number, "must be a JSON object with custom_id, method, url and body")
     custom_id = item.get("custom_id")

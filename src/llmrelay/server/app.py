@@ -44,7 +44,7 @@ from ..relay import Relay
 from ..types import ChatResponse
 from .batches import BatchesAPI
 from .dashboard import Dashboard
-from .http import allow, json_body
+from .http import allow, json_body, presented_key
 from .jobs import JobsRoutes
 
 log = logging.getLogger("llmrelay.server")
@@ -72,7 +72,7 @@ class Gateway:
         }
         self._routes.update(Dashboard(relay, self._authenticate).routes())  # /dashboard, /dashboard/api/*
         self._keys_admin = KeysAdmin(relay, self._require_keys_admin)  # /admin/keys (keys/admin.py)
-        self._batches = BatchesAPI(relay, self._authenticate, _presented_key)  # /v1/files, /v1/batches
+        self._batches = BatchesAPI(relay, self._authenticate, presented_key)  # /v1/files, /v1/batches
         self._jobs = JobsRoutes(relay, self._authenticate, self._body_limit)  # /v1/jobs (server/jobs.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,7 +143,7 @@ class Gateway:
         active virtual key, else 401; without one the gateway is open and this is None."""
         if self._master_key is None:
             return None
-        presented = _presented_key(headers)
+        presented = presented_key(headers)
         key = await self.relay.keys.resolve(presented)
         if key is None:
             raise AuthenticationError(
@@ -180,14 +180,14 @@ class Gateway:
         principal = payload = key = None
         try:
             key = await self._authenticate(headers)
-            principal = _presented_key(headers)
+            principal = presented_key(headers)
             payload = json_body(await read_body(receive, headers, self._body_limit))
             request = dialect.parse(payload)
             check_model(key, request.model)
         except GatewayError as error:  # turned away before the pipeline: on record all the same
             record = CallRecord.rejected(
                 api_format=dialect.name,
-                principal=principal or _presented_key(headers),
+                principal=principal or presented_key(headers),
                 payload=payload,
                 error=error,
                 latency_ms=(time.perf_counter() - started) * 1000,
@@ -331,11 +331,3 @@ def build_app(relay: Relay, **kw: Any) -> Gateway:
 
 
 __all__ = ["Gateway", "build_app"]
-
-
-def _presented_key(headers: dict[str, str]) -> str | None:
-    presented = headers.get("x-api-key")
-    auth = headers.get("authorization", "")
-    if presented is None and auth[:7].lower() == "bearer ":
-        presented = auth[7:].strip()
-    return presented

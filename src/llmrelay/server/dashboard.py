@@ -42,6 +42,7 @@ from ..keys.logs import KeyScopedStore
 from ..keys.model import VirtualKey
 from ..observability.records import CallRecord, CallStore
 from ..observability.sqlite_store import percentile
+from .http import presented_key
 
 if TYPE_CHECKING:
     from ..relay import Relay
@@ -323,12 +324,13 @@ class Dashboard:
     def _signed_in(self, headers: dict[str, str]) -> bool:
         if self._master_key is None:
             return True
-        presented = _presented(headers)
+        presented = presented_key(headers)
         if presented is not None:
             return hmac.compare_digest(presented.encode(), self._master_key.encode())
         token = _cookies(headers.get("cookie", "")).get(COOKIE, "")
         expires, _, _ = token.partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
+        # A forged cookie may hold anything: ASCII digits of a plausible length, or not signed in.
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < time.time():
             return False
         return hmac.compare_digest(token.encode(), self._session(int(expires)).encode())
 
@@ -338,7 +340,7 @@ class Dashboard:
         headers = request_headers(scope)
         if self._signed_in(headers):
             return self._store()
-        if self._authenticate is not None and _presented(headers):
+        if self._authenticate is not None and presented_key(headers):
             try:
                 key = await self._authenticate(headers)
             except AuthenticationError:
@@ -453,14 +455,6 @@ def _int_param(scope: Scope, name: str, default: int, most: int) -> int:
     except ValueError:
         raise InvalidRequestError(f"{name} must be a whole number; got {raw!r}.", param=name) from None
     return max(1, min(value, most))
-
-
-def _presented(headers: dict[str, str]) -> str | None:
-    presented = headers.get("x-api-key")
-    auth = headers.get("authorization", "")
-    if presented is None and auth[:7].lower() == "bearer ":
-        presented = auth[7:].strip()
-    return presented
 
 
 def _cookies(header: str) -> dict[str, str]:

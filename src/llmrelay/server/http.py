@@ -9,18 +9,22 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from .. import jsondepth
 from ..asgi import Scope
 from ..errors import InvalidRequestError, MethodNotAllowedError
 
 
 def json_body(body: bytes) -> Any:
-    """The parsed body, or a 400 that says it is not JSON."""
+    """The parsed body, or a 400 that says it is not JSON (or nests too deep to pass on)."""
     try:
-        return orjson.loads(body)
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequestError(
             "We could not parse the JSON body of your request: it is not valid JSON."
         ) from None
+    if jsondepth.too_deep(body, payload):
+        raise InvalidRequestError(f"The request body nests JSON more than {jsondepth.MAX_DEPTH} levels deep.")
+    return payload
 
 
 def json_object(body: bytes, *, shape: str = "") -> dict[str, Any]:
@@ -29,6 +33,16 @@ def json_object(body: bytes, *, shape: str = "") -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidRequestError(f"The request body must be a JSON object{': ' + shape if shape else ''}.")
     return payload
+
+
+def presented_key(headers: dict[str, str]) -> str | None:
+    """The API key a request carries: ``x-api-key`` (Anthropic's SDK) or ``Authorization: Bearer``
+    (OpenAI's). An empty ``x-api-key`` counts as none, so it does not hide a Bearer key."""
+    presented = (headers.get("x-api-key") or "").strip()
+    auth = headers.get("authorization", "")
+    if not presented and auth[:7].lower() == "bearer ":
+        presented = auth[7:].strip()
+    return presented or None
 
 
 def allow(method: str, allowed: Sequence[str], path: str) -> None:
@@ -47,7 +61,9 @@ def query_limit(query: dict[str, str], *, default: int, most: int) -> int:
     raw = query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    # isdigit() alone takes "²" and Arabic-Indic digits, which int() refuses or reads: ASCII only,
+    # and few enough digits that int() never meets its 4,300-digit limit.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= most:
         raise InvalidRequestError(f"'limit' must be an integer from 1 to {most}.", param="limit")
     return int(raw)
 
@@ -63,4 +79,4 @@ def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     }
 
 
-__all__ = ["allow", "json_body", "json_object", "list_page", "query_limit", "query_params"]
+__all__ = ["allow", "json_body", "json_object", "list_page", "presented_key", "query_limit", "query_params"]

@@ -3,12 +3,12 @@ a Messages response for an Anthropic client (``response_to_wire``)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import ValidationError
 
 from ...errors import UpstreamProtocolError
+from ...jsondepth import json_object
 from ...types import (
     ChatResponse,
     Choice,
@@ -96,11 +96,8 @@ def response_to_wire(response: ChatResponse) -> dict[str, Any]:
 
 def _tool_input(arguments: str) -> dict[str, Any]:
     """An upstream's tool-call arguments -> Anthropic's ``input`` object."""
-    try:
-        value = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
+    value = json_object(arguments) if arguments.strip() else {}
+    if value is None:
         # Anthropic clients cannot receive anything but an object; passing garbage on would only
         # move the failure into the client's SDK.
         raise UpstreamProtocolError(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from ...jsondepth import json_object
 from ...types import (
     ChatRequest,
     ContentPart,
@@ -205,12 +205,9 @@ def _image_to_wire(part: ImagePart, at: str) -> dict[str, Any]:
 
 def _tool_use_to_wire(call: ToolCall, at: str) -> dict[str, Any]:
     arguments = call.function.arguments
-    try:
-        # Some OpenAI-compatible clients send "" for a call without arguments.
-        tool_input = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        tool_input = None
-    if not isinstance(tool_input, dict):
+    # Some OpenAI-compatible clients send "" for a call without arguments.
+    tool_input = json_object(arguments) if arguments.strip() else {}
+    if tool_input is None:
         raise _invalid(f"{at}.function.arguments", "must be a JSON object")
     return {"type": "tool_use", "id": call.id, "name": call.function.name, "input": tool_input}
 
