@@ -168,11 +168,24 @@ class BatchService:
             return await self._forward(record, lines)
         from .local import enqueue  # the queue is needed only by local batches
 
-        await enqueue(self.relay, record, lines, key, self.settings.priority)
+        try:
+            await enqueue(self.relay, record, lines, key, self.settings.priority)
+        except Exception as exc:  # the queue's store down, say: failed, not "validating" for good
+            await self._failed(record, exc)
+            raise
         await self.store.update(
             record.id, when=("validating",), status="in_progress", in_progress_at=time.time()
         )
         return await self.batch(owner, record.id)
+
+    async def _failed(self, record: BatchRecord, exc: Exception) -> None:
+        """The batch could not start: say why on it, so no batch stays "validating" for good."""
+        if isinstance(exc, GatewayError):
+            error = {"code": exc.code or "upstream_error", "message": exc.message}
+        else:
+            error = {"code": "internal_error", "message": "The batch could not be queued; try again."}
+        errors = [{**error, "param": None, "line": None}]
+        await self.store.update(record.id, status="failed", failed_at=time.time(), errors=errors)
 
     def mode_for(self, model: str) -> str:
         """``provider`` or ``local`` for a client-facing model (404 if it is not served)."""
@@ -307,11 +320,8 @@ class BatchService:
                         code="invalid_jsonl",
                     ) from None
             upstream_id = await upstream.submit(lines, record.id)
-        except GatewayError as exc:
-            errors = [
-                {"code": exc.code or "upstream_error", "message": exc.message, "param": None, "line": None}
-            ]
-            await self.store.update(record.id, status="failed", failed_at=time.time(), errors=errors)
+        except Exception as exc:
+            await self._failed(record, exc)
             raise
         await self.store.update(
             record.id,
