@@ -149,7 +149,12 @@ def test_the_same_idempotency_key_returns_the_same_job(gateway: Server) -> None:
         first = client.post("/jobs", json=body, headers={"idempotency-key": "once"}).json()
         again = client.post("/jobs", json=body, headers={"idempotency-key": "once"}).json()
         theirs = bob.post("/jobs", json=body, headers={"idempotency-key": "once"}).json()
+        # The same key for another request: that request was never queued, so say so.
+        other = client.post("/jobs", json={"request": chat("another")}, headers={"idempotency-key": "once"})
     assert first["id"] == again["id"] and theirs["id"] != first["id"]
+    assert other.status_code == 409, other.text
+    error = other.json()["error"]
+    assert error["code"] == "idempotency_key_reused" and first["id"] in error["message"]
 
 
 def test_failed_deliveries_are_retried_with_the_same_idempotency_key(

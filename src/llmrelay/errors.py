@@ -105,6 +105,15 @@ class MethodNotAllowedError(GatewayError):
     default_code = "method_not_allowed"
 
 
+class ConflictError(GatewayError):
+    """The request contradicts one already accepted (an idempotency key reused for another body)."""
+
+    status = 409
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class AuthenticationError(GatewayError):
     status = 401
     openai_type = "authentication_error"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import InvalidRequestError, ModelNotFoundError
+from ..errors import ConflictError, InvalidRequestError, ModelNotFoundError
 from ..keys.model import VirtualKey
 from .handlers import JobFailed, RetryLater
 from .queue import Job, JobQueue, new_job, open_queue
@@ -153,6 +153,15 @@ class JobService:
             owner_key_id=key.id if key is not None else None,
             idempotency_key=idempotency_key,
         )
+        if idempotency_key is not None and job.payload != payload:
+            # The key names an earlier submission of something else: returning that job would
+            # hide that this request was never queued (Stripe's rule for idempotency keys too).
+            raise ConflictError(
+                f"Idempotency-Key {idempotency_key!r} was already used for a different request "
+                f"(job {job.id}); send a new key for a new request.",
+                param="idempotency-key",
+                code="idempotency_key_reused",
+            )
         if self.workers is not None:
             self.workers.wake(tier)
         return job
