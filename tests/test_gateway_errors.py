@@ -3,14 +3,16 @@ never a 500 or a hang."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import time
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from .conftest import MASTER_KEY
+from .conftest import MASTER_KEY, gateway_config, serve_config, stop_process
 
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
 HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -187,6 +189,29 @@ def test_tool_call_arguments_that_cannot_pass_to_anthropic_are_400(gateway, argu
     response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH)
     error = assert_openai_error(response, 400, "invalid_request_error")
     assert error["param"] == "messages.1.tool_calls.0.function.arguments"
+
+
+def test_a_long_prompt_is_tokenized_off_the_event_loop(simulator, tmp_path):
+    # Counting an 8 MB prompt takes the tokenizer seconds; done on the event loop, it held up every
+    # other request (health checks included) that long. The context-window check still refuses it.
+    gateway = serve_config(gateway_config(simulator.url, master_key=MASTER_KEY), tmp_path)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a" * 8_000_000}]}
+    url = gateway.url + "/v1/chat/completions"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            big = pool.submit(httpx.post, url, json=body, headers=AUTH, timeout=60)
+            slowest = 0.0
+            while not big.done():
+                started = time.monotonic()
+                assert httpx.get(gateway.url + "/healthz", timeout=30).status_code == 200
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.05)
+            response = big.result()
+    finally:
+        stop_process(gateway)
+    assert_openai_error(response, 400, "invalid_request_error")
+    assert "context" in response.json()["error"]["message"]
+    assert slowest < 1.0, f"/healthz waited {slowest:.2f} s behind the long prompt"
 
 
 def test_unknown_model_is_404_in_both_formats(gateway, oa, an):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -11,6 +12,10 @@ from llmrelay.tokens import count_messages, count_text
 from llmrelay.types import ChatRequest
 
 
+def limited(*args: object, **kwargs: object) -> str | None:
+    return asyncio.run(check_limits(*args, **kwargs))  # type: ignore[arg-type]
+
+
 def request(*texts: str, model: str = "gpt-4o-mini", **extra) -> ChatRequest:
     roles = ["system", "user", "assistant", "user"]
     messages = [{"role": roles[i % len(roles)], "content": t} for i, t in enumerate(texts)]
@@ -18,30 +23,30 @@ def request(*texts: str, model: str = "gpt-4o-mini", **extra) -> ChatRequest:
 
 
 def test_within_both_limits_is_none() -> None:
-    assert check_limits(request("Be brief.", "What is the capital of France?"), 1000, 1000) is None
+    assert limited(request("Be brief.", "What is the capital of France?"), 1000, 1000) is None
 
 
 def test_no_limits_configured_is_none() -> None:
-    assert check_limits(request("x" * 100_000), None, None) is None
+    assert limited(request("x" * 100_000), None, None) is None
 
 
 def test_over_the_character_limit_names_the_limit_and_the_size() -> None:
-    message = check_limits(request("a" * 40, "b" * 70), max_chars=100, max_tokens=None)
+    message = limited(request("a" * 40, "b" * 70), max_chars=100, max_tokens=None)
     assert message == "Input is 110 characters; this route allows at most 100 (max_input_chars)."
 
 
 def test_over_the_token_limit_counts_with_the_real_tokenizer() -> None:
     req = request("You are a poet.", "Write a sonnet about the sea. " * 20)
     tokens = count_messages(req.messages, "gpt-4o-mini")
-    assert check_limits(req, None, tokens) is None  # exactly at the limit passes
-    message = check_limits(req, None, tokens - 1)
+    assert limited(req, None, tokens) is None  # exactly at the limit passes
+    message = limited(req, None, tokens - 1)
     assert (
         message == f"Input is {tokens:,} tokens; this route allows at most {tokens - 1:,} (max_input_tokens)."
     )
 
 
 def test_characters_are_checked_before_tokens() -> None:
-    message = check_limits(request("word " * 500), max_chars=100, max_tokens=10)
+    message = limited(request("word " * 500), max_chars=100, max_tokens=10)
     assert message is not None and "characters" in message
 
 
@@ -76,10 +81,10 @@ def test_tool_call_arguments_count_as_characters_and_tokens() -> None:
         }
     )
     assert count_chars(req.messages) == len("hi") + len(args) + len("sunny")
-    assert check_limits(req, count_chars(req.messages) - 1, None) is not None
+    assert limited(req, count_chars(req.messages) - 1, None) is not None
     tokens = count_tokens(req.messages, req.model)
-    assert check_limits(req, None, tokens) is None
-    assert check_limits(req, None, tokens - 1) is not None
+    assert limited(req, None, tokens) is None
+    assert limited(req, None, tokens - 1) is not None
 
 
 def test_content_parts_count_their_text_only() -> None:
@@ -99,7 +104,7 @@ def test_content_parts_count_their_text_only() -> None:
         }
     )
     assert count_chars(req.messages) == len("describe this")
-    assert check_limits(req, 20, 50) is None
+    assert limited(req, 20, 50) is None
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4", "sim/claude-haiku"])
@@ -115,12 +120,12 @@ def test_the_shortcut_never_changes_the_answer(model: str) -> None:
         tokens = count_messages(req.messages, model)
         for limit in (tokens - 1, tokens, tokens + 1):
             expected = None if tokens <= limit else "over"
-            got = check_limits(req, None, limit)
+            got = limited(req, None, limit)
             assert (got is None) == (expected is None), (texts, limit, tokens, got)
 
 
 def test_a_lone_surrogate_is_counted_not_an_error() -> None:
     req = request("x\ud800y" * 50)
-    assert check_limits(req, 1000, 1000) is None
-    assert check_limits(req, 10, None) is not None
-    assert check_limits(req, None, 5) is not None
+    assert limited(req, 1000, 1000) is None
+    assert limited(req, 10, None) is not None
+    assert limited(req, None, 5) is not None

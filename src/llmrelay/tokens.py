@@ -12,6 +12,7 @@ usually within ~10-20% of Anthropic's own counts. Unknown models get the same ap
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import gzip
@@ -122,6 +123,18 @@ def count_messages(messages: list[Message], model: str) -> int:
             pieces += (call.function.name, call.function.arguments)
         total += TOKENS_PER_MESSAGE + sum(len(enc.encode_ordinary(p)) for p in pieces if p)
     return total
+
+
+# Above this many bytes a prompt takes the tokenizer milliseconds (an 8 MB prompt ~4 s): count it on
+# a worker thread (tiktoken releases the GIL), so one long prompt does not stall every other request.
+LONG_PROMPT_BYTES = 65_536
+
+
+async def count_messages_off_loop(messages: Sequence[Message], model: str) -> int:
+    """``count_messages``, on a worker thread when the prompt is long."""
+    if token_upper_bound(messages) <= LONG_PROMPT_BYTES:
+        return count_messages(list(messages), model)
+    return await asyncio.to_thread(count_messages, list(messages), model)
 
 
 def token_upper_bound(messages: Sequence[Message]) -> int:

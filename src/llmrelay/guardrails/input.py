@@ -38,7 +38,7 @@ class GuardInput(RouteGuard):
         request = call.request
         limits = policy.limits
         if limits.on:
-            problem = check_limits(request, limits.max_input_chars, limits.max_input_tokens)
+            problem = await check_limits(request, limits.max_input_chars, limits.max_input_tokens)
             if problem is None:
                 note(call, "input_limit", STAGE, "pass")
             else:

@@ -1,6 +1,6 @@
 """Input limits: how long a request's messages are, in characters and in tokens, against a route's caps.
 
-    check_limits(request, max_chars=20_000, max_tokens=8_000)
+    await check_limits(request, max_chars=20_000, max_tokens=8_000)
     # None, or "Input is 9,412 tokens; this route allows at most 8,000 (max_input_tokens)."
 
 Tokens are counted by ``llmrelay.tokens`` (tiktoken with the encodings bundled offline; the
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..tokens import count_messages, count_text, token_upper_bound
+from ..tokens import count_messages, count_messages_off_loop, count_text, token_upper_bound
 from ..types import ChatRequest, Message
 
 
@@ -38,7 +38,7 @@ def count_chars(messages: Sequence[Message]) -> int:
     return total
 
 
-def check_limits(request: ChatRequest, max_chars: int | None, max_tokens: int | None) -> str | None:
+async def check_limits(request: ChatRequest, max_chars: int | None, max_tokens: int | None) -> str | None:
     """None when the request is within both limits; otherwise a message naming the limit and the size."""
     if max_chars is not None:
         chars = count_chars(request.messages)
@@ -47,7 +47,7 @@ def check_limits(request: ChatRequest, max_chars: int | None, max_tokens: int | 
                 f"Input is {chars:,} characters; this route allows at most {max_chars:,} (max_input_chars)."
             )
     if max_tokens is not None and token_upper_bound(request.messages) > max_tokens:
-        tokens = count_tokens(request.messages, request.model)
+        tokens = await count_messages_off_loop(request.messages, request.model)
         if tokens > max_tokens:
             return f"Input is {tokens:,} tokens; this route allows at most {max_tokens:,} (max_input_tokens)."
     return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..errors import RateLimitError
-from ..tokens import count_messages
+from ..tokens import count_messages_off_loop
 from ..types import ChatRequest
 
 WINDOW_S = 60.0  # limits are per minute
@@ -82,10 +82,11 @@ def check(levels: Sequence[float], limits: Sequence[Limit]) -> Decision:
     )
 
 
-def reserved_tokens(request: ChatRequest, model: str, default_max_tokens: int) -> int:
+async def reserved_tokens(request: ChatRequest, model: str, default_max_tokens: int) -> int:
     """What a request may spend before it is sent: its prompt, counted with ``model``'s tokenizer,
     plus its output cap (``max_tokens``, else the configured default)."""
-    return count_messages(request.messages, model) + (request.output_limit or default_max_tokens)
+    prompt = await count_messages_off_loop(request.messages, model)
+    return prompt + (request.output_limit or default_max_tokens)
 
 
 def too_large_error(tokens: int, per_minute: int, scope: str) -> RateLimitError:

@@ -294,7 +294,7 @@ class Gates:
             return None
         tokens = 0
         if gate.limits.tpm is not None:
-            tokens = reserved_tokens(call.request, deployment.upstream, self.default_max_tokens)
+            tokens = await reserved_tokens(call.request, deployment.upstream, self.default_max_tokens)
             if gate.too_large(tokens):
                 raise too_large_error(tokens, gate.limits.tpm, f"deployment {deployment.key}")
         priority = priority_of(call, self.settings.priority_header)

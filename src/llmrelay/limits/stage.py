@@ -65,7 +65,7 @@ class LimitStage:
         )
 
     async def __call__(self, call: Call, next: Handler) -> Result:
-        limits = self.limits_of(call)
+        limits = await self.limits_of(call)
         if not limits:
             return await next(call)
         decision = await self.limiter.acquire(limits)
@@ -94,7 +94,7 @@ class LimitStage:
             ),
         )
 
-    def limits_of(self, call: Call) -> list[Limit]:
+    async def limits_of(self, call: Call) -> list[Limit]:
         """The buckets this call takes from: its key's, its end user's, its model's."""
         request = call.request
         key = call.key
@@ -118,7 +118,7 @@ class LimitStage:
             if tpm is not None:
                 if not tokens:
                     upstream = self.tokenizers.get(request.model, request.model)
-                    tokens = reserved_tokens(request, upstream, self.default_max_tokens)
+                    tokens = await reserved_tokens(request, upstream, self.default_max_tokens)
                 if tokens > tpm:
                     raise too_large_error(tokens, tpm, scope)
                 limits.append(Limit(f"{bucket}:t", tpm, tokens, "tokens", scope))

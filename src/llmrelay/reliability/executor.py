@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..pipeline import Attempt, Call, Handler, Result, Stream
 from ..providers.base import HTTPProvider
-from ..tokens import count_messages
+from ..tokens import LONG_PROMPT_BYTES, count_messages, count_messages_off_loop, token_upper_bound
 from ..types import Chunk
 from .breaker import Breakers
 from .policy import Try, Wait, attempt_plan, retryable
@@ -90,12 +90,18 @@ class Executor:
     async def __call__(self, call: Call, next: Handler) -> Result:
         chain = self.catalog.chain(call.request.model)
         deadline = call.started + self._timeout_s(call)
+        tokenizer = chain[0].deployments[0].upstream
+        counted = None  # a short prompt is counted only if some context window could be exceeded
+        if token_upper_bound(call.request.messages) > LONG_PROMPT_BYTES:
+            counted = await count_messages_off_loop(call.request.messages, tokenizer)
         plan = attempt_plan(
             chain,
             call.request,
             self.settings,
             self.balancer.pick,
-            prompt_tokens=lambda: count_messages(call.request.messages, chain[0].deployments[0].upstream),
+            prompt_tokens=lambda: (
+                counted if counted is not None else count_messages(call.request.messages, tokenizer)
+            ),
             cooldown=self.breakers.cooldown,
             rng=self.rng,
         )
