@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import time
 
 import anthropic
@@ -212,6 +213,41 @@ def test_a_long_prompt_is_tokenized_off_the_event_loop(simulator, tmp_path):
     assert_openai_error(response, 400, "invalid_request_error")
     assert "context" in response.json()["error"]["message"]
     assert slowest < 1.0, f"/healthz waited {slowest:.2f} s behind the long prompt"
+
+
+def test_a_body_that_stops_arriving_is_408(simulator, tmp_path):
+    # A client that declares more bytes than it sends held its connection (and a task) for good.
+    config = gateway_config(simulator.url, master_key=MASTER_KEY)
+    config["server"]["body_timeout_s"] = 0.5
+    gateway = serve_config(config, tmp_path)
+    try:
+        host, port = gateway.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"authorization: Bearer {MASTER_KEY}\r\ncontent-length: 1000\r\n\r\n".encode()
+                + b'{"model": "gpt-4o-mini", '
+            )
+            answer = ""
+            while '"code"' not in answer and (chunk := conn.recv(65536)):
+                answer += chunk.decode()
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert '"code":"request_timeout"' in answer
+        # A body sent in pieces, each in time, is read in full.
+        with httpx.Client(base_url=gateway.url, headers=AUTH) as client:
+
+            def pieces():
+                for piece in (
+                    b'{"model": "gpt-4o-mini", ',
+                    b'"messages": [{"role": "user", ',
+                    b'"content": "hi"}]}',
+                ):
+                    time.sleep(0.3)
+                    yield piece
+
+            assert client.post("/v1/chat/completions", content=pieces()).status_code == 200
+    finally:
+        stop_process(gateway)
 
 
 def test_unknown_model_is_404_in_both_formats(gateway, oa, an):

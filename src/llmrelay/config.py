@@ -339,6 +339,8 @@ class ServerSettings(_Settings):
     port: int = 4000
     master_key: str | None = None  # when set, clients must send it (Bearer or x-api-key)
     max_body_bytes: int = 8 * 1024 * 1024
+    # A request body that stops arriving for this long is a 408 (it would hold its connection).
+    body_timeout_s: float = Field(default=30.0, gt=0)
     # How long a gateway trusts what it looked up about a virtual key (docs/keys.md): a revocation
     # through another gateway or the CLI takes effect within this; through this gateway, at once.
     key_cache_ttl_s: float = Field(default=10.0, ge=0)

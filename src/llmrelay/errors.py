@@ -114,6 +114,15 @@ class ConflictError(GatewayError):
     default_code = "conflict"
 
 
+class RequestTimeoutError(GatewayError):
+    """The client stopped sending its request body."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class AuthenticationError(GatewayError):
     status = 401
     openai_type = "authentication_error"

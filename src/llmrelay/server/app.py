@@ -18,6 +18,7 @@ from ..asgi import (
     Receive,
     Scope,
     Send,
+    body_deadline,
     encode_headers,
     read_body,
     request_headers,
@@ -60,6 +61,7 @@ class Gateway:
         self._on_startup = on_startup
         self._master_key = relay.settings.server.master_key
         self._body_limit = relay.settings.server.max_body_bytes
+        self._body_timeout_s = relay.settings.server.body_timeout_s
         self._routes: dict[str, tuple[str, Any]] = {
             "/v1/chat/completions": ("POST", self._openai_chat),
             "/chat/completions": ("POST", self._openai_chat),
@@ -126,7 +128,7 @@ class Gateway:
                 )
             method, handler = route
             allow(scope["method"], (method,), path)
-            await handler(scope, receive, send)
+            await handler(scope, body_deadline(receive, self._body_timeout_s), send)
         except GatewayError as error:
             await send_json(send, error.status, dialect.error(error), encode_headers(error.headers()))
         except ClientGone:  # the client left while sending its body: nobody to answer
