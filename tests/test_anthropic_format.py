@@ -116,7 +116,6 @@ REQUEST_TO_WIRE = [
             # OpenAI-only fields must not reach Anthropic:
             "seed": 7,
             "n": 1,
-            "stream_options": {"include_usage": True},
             "metadata": {"team": "search"},
             "presence_penalty": 0.5,
             "logit_bias": {"50256": -100},

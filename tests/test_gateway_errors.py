@@ -100,6 +100,29 @@ def test_x_api_key_header_is_accepted(gateway):
             b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}',
             "max_tokens",
         ),
+        # JSON types as OpenAI takes them: no coercion of text, flags or decimals.
+        *(
+            (
+                b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], ' + field + b"}",
+                param,
+            )
+            for field, param in [
+                (b'"max_tokens": "10"', "max_tokens"),
+                (b'"max_tokens": true', "max_tokens"),
+                (b'"max_tokens": 10.0', "max_tokens"),
+                (b'"temperature": true', "temperature"),
+                (b'"stream": "yes"', "stream"),
+                (b'"stream": 1', "stream"),
+                (b'"seed": "7"', "seed"),
+                (b'"stream_options": {"include_usage": true}', "stream_options"),
+                (b'"tool_choice": "required"', "tool_choice"),
+                (
+                    b'"tools": [{"type": "function", "function": {"name": "f"}}], '
+                    b'"tool_choice": {"type": "function", "function": {"name": "g"}}',
+                    "tool_choice",
+                ),
+            ]
+        ),
         # Only an assistant turn (that called tools) may come without content, as in OpenAI's API.
         (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": null}]}', "messages.0.content"),
         (

@@ -153,19 +153,42 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
+    # Numbers and flags as JSON types, as OpenAI takes them: "10", true or 10.0 for max_tokens, or 1
+    # for stream, are 400s naming the field, not coerced (strict: an int is still a float).
+    parallel_tool_calls: bool | None = Field(default=None, strict=True)
     response_format: ResponseFormat | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(default=None, ge=0, le=1, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = Field(default=None, ge=1, le=128)
-    stream: bool | None = None
+    seed: int | None = Field(default=None, strict=True)
+    n: int | None = Field(default=None, ge=1, le=128, strict=True)
+    stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _chosen_tool_given(cls, choice: Any, info: ValidationInfo) -> Any:
+        # A call forced to a tool the request does not define could only be made up. ("auto" and
+        # "none" without tools say nothing, and are dropped on the way.)
+        if choice in (None, "none", "auto") or "tools" not in info.data:  # tools itself invalid
+            return choice
+        names = {t.function.name for t in info.data["tools"] or ()}
+        if not names:
+            raise ValueError(f"tool_choice {choice!r} needs tools, and none are given")
+        if isinstance(choice, NamedToolChoice) and choice.function.get("name") not in names:
+            raise ValueError(f"the tool {choice.function.get('name')!r} is not among the tools given")
+        return choice
+
+    @field_validator("stream_options")
+    @classmethod
+    def _streaming(cls, options: Any, info: ValidationInfo) -> Any:
+        if options is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed when stream is true")
+        return options
 
     @property
     def output_limit(self) -> int | None:
