@@ -118,6 +118,9 @@ def test_admin_routes_answer_clear_errors(gw):
         assert bad.json()["error"]["param"] == param
     assert admin(gw, "POST", "/admin/keys", content=b"{nope").status_code == 400
     assert admin(gw, "PUT", "/admin/keys").status_code == 405
+    wrong = admin(gw, "PUT", f"/admin/keys/{made['id']}")  # a route, not with this method: 405
+    assert wrong.status_code == 405 and "GET or DELETE" in wrong.json()["error"]["message"]
+    assert admin(gw, "GET", f"/admin/keys/{made['id']}/rotate").status_code == 405
     assert admin(gw, "POST", f"/admin/keys/{made['id']}/frobnicate").status_code == 404
 
 

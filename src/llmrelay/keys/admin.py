@@ -57,6 +57,11 @@ class KeysAdmin:
             ("POST", "rotate"): self._rotate,
         }
         handler = routes.get((method, action))
+        allowed = [m for m, a in routes if a == action]
+        if handler is None and allowed and len(parts) <= 2:  # a route, not with this method
+            raise MethodNotAllowedError(
+                f"{method} is not allowed on {scope['path']}; use {' or '.join(allowed)}."
+            )
         if handler is None or len(parts) > 2:
             raise NotFoundError(
                 f"{method} {scope['path']} is not an admin key route: GET or DELETE {PREFIX}/<id>, "
