@@ -229,6 +229,19 @@ def children_ticks(parent: int) -> dict[int, int]:
     return ticks
 
 
+def runqueue_wait_ns(pid: int) -> int:
+    """How long the threads of ``pid`` have waited, runnable, for a CPU (schedstat(5), ns): a
+    gateway slowed by another process taking its core waits here; one that is slower for itself
+    (more work a request, or a slower core) does not."""
+    wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            wait += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            continue
+    return wait
+
+
 class CpuMeter:
     """CPU of this process (event loop and the store's threads) and its call-log writer process,
     and, for PostgreSQL, of the server's processes, between ``start`` and ``stop``. Read while the
@@ -583,7 +596,9 @@ class Gateway:
         cpu0 = self.proc.cpu_s()
         writer0 = children_ticks(self.proc.pid)
         client0 = overhead.children_cpu_s()
+        wait0 = runqueue_wait_ns(self.proc.pid)
         run = gen.run(self.url + "/v1/chat/completions", n, concurrency)
+        run.wait_s = (runqueue_wait_ns(self.proc.pid) - wait0) / 1e9
         run.client_cpu_s = overhead.children_cpu_s() - client0
         lag = self.wait_drained()
         run.server_cpu_s = self.proc.cpu_s() - cpu0
@@ -702,7 +717,7 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
 def report_gateways(gateways: list[Gateway]) -> None:
     print()
     header = (
-        f"{'gateway':<10}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU/req':>10}"
+        f"{'gateway':<10}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU/req':>10}{'wait/req':>10}"
         f"{'writer/req':>11}{'drain lag':>11}{'errors':>8}{'PG CPU/req':>12}"
     )
     print(header)
@@ -712,17 +727,19 @@ def report_gateways(gateways: list[Gateway]) -> None:
             runs = g.runs[c]
             reqs = sum(r.total for r in runs)
             cpu = sum(r.server_cpu_s for r in runs) / reqs * 1e6
+            wait = sum(r.wait_s for r in runs) / reqs * 1e6
             writer = f"{sum(r.writer_cpu_s for r in runs) / reqs * 1e6:.0f} us" if g.store else "-"
             lag = f"{max(g.lags) * 1e3:.0f} ms" if g.store else "-"
             pg = f"{g.pg_cpu_s[c] / reqs * 1e6:.0f} us" if c in g.pg_cpu_s else "-"
             print(
                 f"{g.name:<10}{c:>5}{overhead.median([r.rps for r in runs]):>9.0f}"
                 f"{overhead.median([r.p50_ms for r in runs]):>9.3f}{overhead.median([r.p99_ms for r in runs]):>9.3f}"
-                f"{cpu:>7.0f} us{writer:>11}{lag:>11}{sum(r.errors for r in runs):>8}{pg:>12}"
+                f"{cpu:>7.0f} us{wait:>7.1f} us{writer:>11}{lag:>11}{sum(r.errors for r in runs):>8}{pg:>12}"
             )
     print(
         "  medians over rounds; CPU/req: the gateway process (threads included) from the start of a run\n"
-        "  until its journal is committed, / responses; writer/req: its call-log writer process over the\n"
+        "  until its journal is committed, / responses; wait/req: time its threads waited for a CPU\n"
+        "  during the runs, / responses; writer/req: its call-log writer process over the\n"
         "  same span (same 2 cores, not in CPU/req); drain lag: max time from a run's end to that;\n"
         "  PG CPU/req: the PostgreSQL server's processes over the same span (same 2 cores, not in CPU/req)"
     )

@@ -259,6 +259,7 @@ class Run:
     server_cpu_s: float | None = None  # the target's own process, when we started it
     client_cpu_s: float = 0.0
     writer_cpu_s: float = 0.0  # a call-log writer process the target started (bench/calllog.py)
+    wait_s: float = 0.0  # time the target's threads waited for a CPU during the run (bench/calllog.py)
 
     @property
     def rps(self) -> float:
