@@ -351,3 +351,17 @@ def test_cli_submit_status_results(gateway: Server, tmp_path: Path) -> None:
         [*base, "status", "batch_nope", *auth], capture_output=True, text=True, timeout=60
     )
     assert missing.returncode == 1 and "404" in missing.stderr
+    # The SDKs' base URL (…/v1) is taken; a malformed one, an output path under a file: one line.
+    sdk_style = ["--base-url", gateway.url + "/v1/", "--api-key", KEYS["a"]]
+    status = subprocess.run(
+        [*base, "status", batch_id, *sdk_style], capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and "completed=6" in status.stdout, status.stderr
+    for argv, words in (
+        (["status", batch_id, "--base-url", "http://[::1"], "Invalid IPv6 URL"),
+        (["status", batch_id, "--base-url", "notaurl"], "http(s) address"),
+        (["status", "", *auth], "batch id is empty"),
+        (["results", batch_id, "-o", str(out / "under-a-file.jsonl"), *auth], "Not a directory"),
+    ):
+        done = subprocess.run([*base, *argv], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and words in done.stderr and "Traceback" not in done.stderr, done.stderr

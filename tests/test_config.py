@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from llmrelay.config import Settings, interpolate
@@ -45,11 +51,57 @@ def test_unset_variable_without_default_is_an_error():
         ({"providers": {"p": {"kind": "grpc", "base_url": "x"}}}, "providers.p.kind"),
         ({"server": {"port": "high"}}, "server.port"),
         ({"surprise": 1}, "surprise"),
+        # Values that loaded, then broke the gateway or the CLI at run time:
+        ({"server": {"port": 99999}}, "server.port: Input should be less than or equal to 65535"),
+        ({"server": {"master_key": ""}}, "server.master_key"),  # every client locked out
+        ({"server": {"max_body_bytes": 0}}, "server.max_body_bytes"),
+        ({"pipeline": []}, "pipeline: the pipeline needs its 'execute' stage"),  # every request a 500
+        ({"pipeline": ["record", "execute", "execute"]}, "execute appears more than once"),
+        ({"jobs": {"workers": {"small": 0}}}, "jobs.workers.small"),  # a worker that never works
+        (
+            {
+                "providers": {"p": {"kind": "openai", "base_url": "http://x"}},
+                "models": [{"name": "m", "provider": "p", "context_window": 0}],
+            },
+            "models.0.context_window",
+        ),
+        (
+            {
+                "providers": {"p": {"kind": "openai", "base_url": "http://x"}},
+                "models": [{"name": "m", "provider": "p", "price": {"input": -1, "output": 1}}],
+            },
+            "models.0.price.input",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(raw, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_dict(raw)
+
+
+def test_a_config_file_that_is_not_text_is_a_clear_error(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        Settings.load(path)
+
+
+def test_the_cli_says_in_one_line_what_it_could_not_use(tmp_path):
+    # A file, directory or port a command cannot use: one line and a non-zero exit, no traceback.
+    (tmp_path / "afile").write_text("")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"calllog: {{directory: {tmp_path / 'afile' / 'sub'}}}\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    for argv, code, words in (
+        (["logs", "--config", str(config)], 1, "Not a directory"),
+        (["serve", "--port", "99999"], 2, "is not a port number"),
+        (["simulate", "--port", "99999"], 2, "port: Input should be less than or equal to 65535"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "llmrelay.cli", *argv], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == code and words in done.stderr, (argv, done.stderr)
+        assert "Traceback" not in done.stderr
 
 
 def test_embedded_default_adds_real_models_only_with_keys():

@@ -229,6 +229,9 @@ def test_cli_trains_and_writes_a_router(rows: list[dict], tmp_path: Path) -> Non
             "data.jsonl:3: 'label' must be",
         ),
         ("\n", "has no training rows"),
+        # One outcome only: nothing to learn (the learners failed with an IndexError).
+        ('{"prompt": "a", "label": "weak"}\n' * 40, "at least 2 rows of each"),
+        ('{"prompt": "a", "label": "strong"}\n', "the strong model doing better (1 rows) and not (0)"),
     ],
 )
 def test_cli_bad_data_is_a_clear_error_with_exit_code_2(content: str, message: str, tmp_path: Path) -> None:

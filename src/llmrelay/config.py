@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -58,11 +59,13 @@ class ProviderSettings(_Settings):
 class Price(_Settings):
     """USD per million tokens; overrides the price catalog for one model."""
 
-    input: float
-    output: float
-    cache_read: float | None = None
-    cache_write: float | None = None
-    cache_write_1h: float | None = None  # Anthropic's 1-hour cache writes; default: cache_write
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+    cache_write_1h: float | None = Field(
+        default=None, ge=0
+    )  # Anthropic's 1-hour writes; default: cache_write
 
 
 def _off(value: Any) -> Any:
@@ -299,8 +302,8 @@ class ModelSettings(_Settings):
     balance: Literal["weighted", "least_in_flight"] = "weighted"
     fallbacks: tuple[str, ...] = ()  # other models to try, in order, when this one fails
     tier: Tier = "mid"
-    context_window: int = 128_000
-    max_output_tokens: int | None = None
+    context_window: int = Field(default=128_000, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
     capabilities: tuple[Capability, ...] = ALL_CAPABILITIES
     price_ref: str | None = None  # model id to look up in the price catalog; defaults to upstream
     price_provider: str | None = None  # price catalog provider id; defaults to the provider kind
@@ -336,9 +339,11 @@ class ModelSettings(_Settings):
 
 class ServerSettings(_Settings):
     host: str = "127.0.0.1"
-    port: int = 4000
-    master_key: str | None = None  # when set, clients must send it (Bearer or x-api-key)
-    max_body_bytes: int = 8 * 1024 * 1024
+    port: int = Field(default=4000, ge=0, le=65535)  # 0 = pick a free port
+    # When set, clients must send it (Bearer or x-api-key). Empty is refused rather than taken as
+    # "no auth": an unset variable behind it would otherwise lock every client out, or let all in.
+    master_key: str | None = Field(default=None, min_length=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     # A request body that stops arriving for this long is a 408 (it would hold its connection).
     body_timeout_s: float = Field(default=30.0, gt=0)
     # How long a gateway trusts what it looked up about a virtual key (docs/keys.md): a revocation
@@ -459,7 +464,8 @@ class JobsSettings(_Settings):
 
     queue: str = "sqlite:///jobs.db"  # under calllog.directory; or postgresql://... for several machines
     in_gateway: bool = True  # worker pools run inside `llmrelay serve`; off: `llmrelay worker` only
-    workers: dict[Tier, int] = {"small": 8, "mid": 4, "frontier": 2, "open": 2}  # concurrency per tier
+    # Concurrency per tier (a tier left out has no workers).
+    workers: dict[Tier, Annotated[int, Field(ge=1)]] = {"small": 8, "mid": 4, "frontier": 2, "open": 2}
     lease_s: float = Field(default=30.0, gt=0)  # a worker silent this long has died: its job runs again
     # The longest an idle pool waits between polls (a job enqueued by this process wakes it at once).
     poll_interval_s: float = Field(default=1.0, gt=0)
@@ -543,6 +549,17 @@ class Settings(_Settings):
     )
     prompt_caching: PromptCachingSettings = PromptCachingSettings()  # the default for every model
     batch: BatchSettings = BatchSettings()  # the files and batches API (docs/batch.md)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _one_path(cls, pipeline: tuple[str, ...]) -> tuple[str, ...]:
+        # Without "execute" every request would be a 500; a stage twice would run twice.
+        if "execute" not in pipeline:
+            raise ValueError("the pipeline needs its 'execute' stage (the one that calls the model)")
+        twice = sorted({name for name in pipeline if pipeline.count(name) > 1})
+        if twice:
+            raise ValueError(f"a stage may appear once; {', '.join(twice)} appears more than once")
+        return pipeline
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -659,9 +676,11 @@ class Settings(_Settings):
         if path is None:
             return cls.embedded(env)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"Cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.start}).") from None
         try:
             raw = yaml.safe_load(interpolate(text, env)) or {}
         except yaml.YAMLError as exc:
@@ -675,7 +694,8 @@ class Settings(_Settings):
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"{source}: {where or 'top level'}: {first['msg']}") from None
+            message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our checks
+            raise ConfigError(f"{source}: {where or 'top level'}: {message}") from None
 
     @classmethod
     def embedded(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from ..errors import ConfigError
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llmrelay: {exc.message}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as exc:
+        # A file, directory, port or database the command could not use (an output path under a
+        # file, PostgreSQL down, a port taken): one line naming it, not a traceback.
+        print(f"llmrelay {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -38,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("LLMRELAY_API_KEY") or os.environ.get("OPENAI_API_KEY"),
         help="a key of the gateway (default $LLMRELAY_API_KEY, else $OPENAI_API_KEY)",
     )
-    common.add_argument("--poll", type=float, default=2.0, help="seconds between status checks while waiting")
+    common.add_argument(
+        "--poll", type=_seconds, default=2.0, help="seconds between status checks while waiting"
+    )
     actions = p.add_subparsers(dest="action", required=True)
     submit = actions.add_parser("submit", help="upload a JSONL file and start a batch", parents=[common])
     submit.add_argument("file", type=Path, help="JSONL: batch requests, or chat bodies")
@@ -58,6 +61,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     results.add_argument("--errors", type=Path, help="where to write the error JSONL (failed requests)")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.1 to 3600")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
@@ -70,9 +83,32 @@ class CliError(Exception):
     pass
 
 
+def _gateway_root(base_url: str) -> str:
+    """The gateway's root URL: the SDKs' ``.../v1`` is taken too (the paths here start at /v1)."""
+    url = base_url.strip().rstrip("/").removesuffix("/v1")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:  # "Invalid IPv6 URL", a port out of range
+        raise CliError(f"--base-url {base_url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise CliError(
+            f"--base-url must be the gateway's http(s) address, like http://127.0.0.1:4000; got {base_url!r}"
+        )
+    return url
+
+
+# No limit on the whole exchange (an upload may be large), but a gateway that accepts and never
+# answers is an error, not a wait without end.
+_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=120)
+
+
 async def _run(args: argparse.Namespace) -> int:
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    async with aiohttp.ClientSession(args.base_url.rstrip("/"), headers=headers) as http:
+    root = _gateway_root(args.base_url)
+    if getattr(args, "id", None) is not None and not args.id.strip():
+        raise CliError("the batch id is empty")
+    async with aiohttp.ClientSession(root, headers=headers, timeout=_TIMEOUT) as http:
         client = _Client(http)
         if args.action == "submit":
             content = _requests(args.file, args.model)

@@ -89,4 +89,10 @@ def read_examples(path: Path) -> list:  # list[Example]; the import stays lazy f
             raise ConfigError(f"{path}:{n}: {exc.message}") from None
     if not examples:
         raise ConfigError(f"{path} has no training rows")
+    better = sum(e.target for e in examples)
+    if min(better, len(examples) - better) < 2:  # nothing to tell apart (the learners would fail)
+        raise ConfigError(
+            f"{path}: a router learns from both outcomes, at least 2 rows of each: the strong model "
+            f"doing better ({better:.0f} rows) and not ({len(examples) - better:.0f})"
+        )
     return examples

@@ -20,11 +20,15 @@ def run(args: argparse.Namespace) -> int:
     from ..simulator import SimulatorSettings
     from ..simulator import run as run_simulator
 
-    settings = SimulatorSettings.load(args.config) if args.config else SimulatorSettings()
     overrides = {
         k: v for k, v in (("host", args.host), ("port", args.port), ("seed", args.seed)) if v is not None
     }
-    settings = settings.model_copy(update=overrides)
+    # Validated, so --port 99999 is refused, not wrapped around to another port.
+    settings = (
+        SimulatorSettings.load(args.config, **overrides)
+        if args.config
+        else SimulatorSettings.from_overrides(**overrides)
+    )
     print(f"llmrelay simulator on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
     run_simulator(settings)
     return 0

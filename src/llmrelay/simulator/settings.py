@@ -124,17 +124,30 @@ class SimulatorSettings(BaseModel):
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(f"Cannot read simulator config {path}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"Simulator config {path} must be a YAML mapping.")
         data.update({k: v for k, v in overrides.items() if v is not None})
         if data.get("rules_path") and not Path(data["rules_path"]).is_absolute():
             data["rules_path"] = path.parent / data["rules_path"]
+        return cls._validated(data, f"simulator config {path}")
+
+    @classmethod
+    def from_overrides(cls, **overrides: Any) -> SimulatorSettings:
+        """The defaults with ``overrides`` (the CLI's host/port/seed), validated."""
+        return cls._validated({k: v for k, v in overrides.items() if v is not None}, "simulator settings")
+
+    @classmethod
+    def _validated(cls, data: dict[str, Any], source: str) -> SimulatorSettings:
         try:
             return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"Invalid simulator config {path}: {exc}") from None
+        except ValidationError as exc:  # the first problem, on one line, naming the setting
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "top level"
+            raise ConfigError(
+                f"Invalid {source}: {where}: {first['msg'].removeprefix('Value error, ')}"
+            ) from None
 
     def profile_for(self, model: str) -> ModelProfile:
         for glob, o in self.per_model.items():
