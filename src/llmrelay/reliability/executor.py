@@ -30,7 +30,7 @@ from ..providers.base import HTTPProvider
 from ..tokens import LONG_PROMPT_BYTES, count_messages, count_messages_off_loop, token_upper_bound
 from ..types import Chunk
 from .breaker import Breakers
-from .policy import Try, Wait, attempt_plan, retryable
+from .policy import Try, Wait, attempt_plan, may_exceed, retryable
 
 if TYPE_CHECKING:
     from ..limits.queue import Gates, Ticket
@@ -91,8 +91,12 @@ class Executor:
         chain = self.catalog.chain(call.request.model)
         deadline = call.started + self._timeout_s(call)
         tokenizer = chain[0].deployments[0].upstream
-        counted = None  # a short prompt is counted only if some context window could be exceeded
-        if token_upper_bound(call.request.messages) > LONG_PROMPT_BYTES:
+        # Prompts are counted only when some model's context window could be exceeded; a long
+        # one then on a worker thread, up front (the plan below is synchronous).
+        counted = None
+        if token_upper_bound(call.request.messages) > LONG_PROMPT_BYTES and any(
+            may_exceed(call.request, entry.settings.context_window) for entry in chain
+        ):
             counted = await count_messages_off_loop(call.request.messages, tokenizer)
         plan = attempt_plan(
             chain,

@@ -142,12 +142,12 @@ def _unfit(
     window = entry.settings.context_window
     if window <= min_window:
         return f"its context window ({window}) is no larger than one already exceeded"
-    if _may_exceed(request, window) and prompt_tokens() + (request.output_limit or 0) > window:
+    if may_exceed(request, window) and prompt_tokens() + (request.output_limit or 0) > window:
         return f"the request does not fit its context window ({window} tokens)"
     return None
 
 
-def _may_exceed(request: ChatRequest, window: int) -> bool:
+def may_exceed(request: ChatRequest, window: int) -> bool:
     """Cheap bounds before counting tokens: a token is at least one byte of text, and a character
     at most four bytes."""
     texts = [m.text() for m in request.messages if m.content is not None]
