@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmrelay.config import Settings, interpolate
 from llmrelay.errors import ConfigError
@@ -37,6 +38,30 @@ def test_load_with_interpolation(tmp_path):
         8192,
         ("streaming",),
     )
+
+
+@pytest.mark.parametrize(
+    "secret", ["abc #def", "abc: def", "!secret", "{oops", "-x", 'it\'s "quoted"', "4100", "sk-1"]
+)
+def test_a_value_goes_in_as_the_scalar_it_is(secret):
+    # Substituted into the text before YAML reads it, a secret with " #" was cut at the comment,
+    # one with ": " or a leading "!" broke the parse (and the error printed it).
+    text = (
+        "server:\n"
+        "  master_key: ${S}   # set ${UNSET_HERE_IS_A_COMMENT}\n"
+        '  dq: "<${S}>"\n'
+        "  sq: '<${S}>'\n"
+        "  flow: {a: ${S}, b: [${S}]}\n"
+        "  none: ${UNSET:-}\n"
+    )
+    data = yaml.safe_load(interpolate(text, {"S": secret}))["server"]
+    typed = 4100 if secret == "4100" else secret  # a number stays a number (a port from a variable)
+    assert data["master_key"] == typed and data["flow"] == {"a": typed, "b": [typed]}
+    assert data["dq"] == data["sq"] == f"<{secret}>"
+    assert data["none"] is None  # `${KEY:-}`: not set, as the examples use it
+    # Inside a longer plain scalar (a DSN, a URL) a value goes in as it is, as it always did.
+    dsn = yaml.safe_load(interpolate("dsn: postgresql://u:${S}@db:5432/x", {"S": "p@ss:w#rd"}))
+    assert dsn == {"dsn": "postgresql://u:p@ss:w#rd@db:5432/x"}
 
 
 def test_unset_variable_without_default_is_an_error():

@@ -7,6 +7,7 @@ embedded simulator, plus the real OpenAI/Anthropic models whose API key is set.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -708,19 +709,82 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset variable without a default is an error."""
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset variable without a default is an error.
 
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(
-            f"Config refers to ${{{name}}}, which is not set (set it, or write ${{{name}:-default}})."
-        )
+    A value goes in as the YAML scalar it is, whatever it holds: quoted when a character would
+    change its meaning (a secret with ` #` was cut at the comment, one with `: ` or a leading `!`
+    broke the parse and the YAML error printed it), escaped inside quotes. ``${...}`` in a comment
+    is left alone.
+    """
+    return "".join(_interpolate_line(line, env) for line in text.splitlines(keepends=True))
 
-    return _VAR.sub(sub, text)
+
+# A value that YAML reads back as this same plain scalar, in block or flow context (numbers and
+# words stay typed: a port, `off`); anything else is quoted.
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/+@=]*")
+
+
+def _interpolate_line(line: str, env: Mapping[str, str]) -> str:
+    out: list[str] = []
+    quote = ""  # the quote we are inside, if any
+    prev = ""  # the last character before this one that is not a blank, outside quotes
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        match = _VAR.match(line, i) if ch == "$" else None
+        if match:
+            value = _value(match, env)
+            if quote:
+                out.append(_escaped(value, quote))
+            elif _whole_scalar(line, i, match.end(), prev):
+                # Empty stays empty, which YAML reads as null: `${KEY:-}` means "not set".
+                out.append(value if not value or _PLAIN.fullmatch(value) else json.dumps(value))
+            else:  # part of a longer plain scalar (a URL, a DSN): as it is, as always
+                out.append(value)
+            i, prev = match.end(), "$"
+            continue
+        if not quote and ch == "#" and (i == 0 or line[i - 1] in " \t"):
+            out.append(line[i:])  # a comment: as it is
+            break
+        if quote == '"' and ch == "\\":
+            out.append(line[i : i + 2])
+            i += 2
+            continue
+        if quote and ch == quote:
+            quote = ""
+        elif not quote and ch in "\"'" and prev in ("", ":", "-", "[", "{", ","):
+            quote = ch  # a quoted scalar starts (an apostrophe inside a plain word does not)
+        if not quote and ch not in " \t":
+            prev = ch
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _value(match: re.Match[str], env: Mapping[str, str]) -> str:
+    name, default = match.group(1), match.group(2)
+    if name in env:
+        return env[name]
+    if default is not None:
+        return default
+    raise ConfigError(
+        f"Config refers to ${{{name}}}, which is not set (set it, or write ${{{name}:-default}})."
+    )
+
+
+def _escaped(value: str, quote: str) -> str:
+    if quote == '"':
+        return json.dumps(value)[1:-1]  # JSON's escapes are YAML's double-quoted ones
+    return value.replace("'", "''")
+
+
+def _whole_scalar(line: str, start: int, end: int, prev: str) -> bool:
+    """Whether ``line[start:end]`` is a whole unquoted scalar: after a key, a dash or a flow
+    opener, and followed by nothing but a comment or the flow's next item or end."""
+    if prev not in ("", ":", "-", "[", "{", ",") or (start and line[start - 1] not in " \t[{,"):
+        return False
+    rest = line[end:].lstrip(" \t")
+    return not rest or rest[0] in "\r\n#,]}"
 
 
 # The simulated models mirror real ones so their prices (and so the cost numbers) are realistic.
