@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from .batch.settings import BatchSettings
-from .errors import ConfigError
+from .errors import ConfigError, first_problem
 from .routing.settings import RouteSettings, check_routes
 
 ProviderKind = Literal["openai", "anthropic"]
@@ -693,10 +693,7 @@ class Settings(_Settings):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our checks
-            raise ConfigError(f"{source}: {where or 'top level'}: {message}") from None
+            raise ConfigError(f"{source}: {first_problem(exc)}") from None
 
     @classmethod
     def embedded(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -69,6 +69,13 @@ class ConfigError(GatewayError):
     pass
 
 
+def first_problem(exc: Any) -> str:
+    """A pydantic ``ValidationError``'s first problem on one line: ``setting.path: message``."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"  # pydantic's prefix for our checks
+
+
 class InvalidRequestError(GatewayError):
     status = 400
     openai_type = "invalid_request_error"

@@ -17,7 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from ..config import KeyFields, Settings
-from ..errors import ConfigError
+from ..errors import ConfigError, first_problem
 from ..guardrails.policy import label, problem
 from ..keys.service import KeyService
 from ..keys.store import KeyRecord, open_key_store
@@ -123,8 +123,7 @@ def _fields(args: argparse.Namespace) -> KeyFields:
             guardrails=_policy(args.guardrails),
         )
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise ConfigError(f"keys create: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ConfigError(f"keys create: {first_problem(exc)}") from None
 
 
 def _policy(text: str | None) -> Any:

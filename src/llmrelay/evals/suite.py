@@ -25,7 +25,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ConfigError, GatewayError
+from ..errors import ConfigError, GatewayError, first_problem
 from ..providers import openai_format
 from .grading import BoundGrader, compile_grader
 
@@ -252,9 +252,7 @@ def _validate(model: type[_Strict], raw: Any, where: str) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {loc or 'top level'}: {first['msg']}") from None
+        raise ConfigError(f"{where}: {first_problem(exc)}") from None
 
 
 def _read_yaml(path: Path) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_problem
 from .rules import Rule
 
 # Fault rolls walk the kinds in this fixed order, so a seed always gives the same faults.
@@ -142,12 +142,8 @@ class SimulatorSettings(BaseModel):
     def _validated(cls, data: dict[str, Any], source: str) -> SimulatorSettings:
         try:
             return cls.model_validate(data)
-        except ValidationError as exc:  # the first problem, on one line, naming the setting
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "top level"
-            raise ConfigError(
-                f"Invalid {source}: {where}: {first['msg'].removeprefix('Value error, ')}"
-            ) from None
+        except ValidationError as exc:
+            raise ConfigError(f"Invalid {source}: {first_problem(exc)}") from None
 
     def profile_for(self, model: str) -> ModelProfile:
         for glob, o in self.per_model.items():
