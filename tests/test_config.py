@@ -120,7 +120,13 @@ def test_the_cli_says_in_one_line_what_it_could_not_use(tmp_path):
     for argv, code, words in (
         (["logs", "--config", str(config)], 1, "Not a directory"),
         (["serve", "--port", "99999"], 2, "is not a port number"),
-        (["simulate", "--port", "99999"], 2, "port: Input should be less than or equal to 65535"),
+        (["simulate", "--port", "99999"], 2, "is not a port number"),
+        (["logs", "-n", "0"], 2, "is not a whole number of at least 1"),
+        (
+            ["eval", "run", "suite.yaml", "-o", "report.pdf"],
+            2,
+            "the suffix picks the format",
+        ),  # before running
     ):
         done = subprocess.run(
             [sys.executable, "-m", "llmrelay.cli", *argv], capture_output=True, text=True, timeout=60, env=env

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from ..errors import ConfigError
+from ._args import at_least
 from .evals import Progress, _split, default_run_path
 
 
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", help="system prompt (default: one naming the labels or fields)")
     p.add_argument("--input-field", help="the row field holding the input (default: input, else text)")
     p.add_argument("--label-field", help="the row field holding the label (default: expected, else label)")
-    p.add_argument("--max-tokens", type=int, help="max_tokens of each request")
+    p.add_argument("--max-tokens", type=at_least(1), help="max_tokens of each request")
     p.add_argument("--config", help="gateway config file (default: the embedded one)")
     p.add_argument("--simulator-rules", help="rules file for the embedded simulator (docs/simulator.md)")
     p.add_argument("--concurrency", "-j", type=int, default=4)

@@ -18,6 +18,7 @@ from typing import TextIO
 from ulid import ULID
 
 from ..errors import ConfigError
+from ._args import at_least
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,11 +51,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", action="append", default=[], metavar="FILE",
+    p.add_argument("--output", "-o", action="append", default=[], metavar="FILE", type=_report_path,
                    help="write the report; the suffix picks the format: .json .md .html .xml (JUnit) .txt")  # fmt: skip
     p.add_argument("--threshold", action="append", default=[], metavar="[CATEGORY=]RATE",
                    help="minimum pass rate, overall (0.9) or per category (billing=0.95); exit 1 below it")  # fmt: skip
-    p.add_argument("--max-failures", type=int, default=20, help="failed cases listed in the terminal")
+    p.add_argument("--max-failures", type=at_least(0), default=20, help="failed cases listed in the terminal")
+
+
+def _report_path(text: str) -> str:
+    """Checked before the suite runs, not after: the suffix picks the format."""
+    from ..evals.render import WRITERS
+
+    if Path(text).suffix.lower() not in WRITERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: the suffix picks the format: {', '.join(WRITERS)}")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,13 +11,14 @@ import orjson
 
 from ..observability.records import CallRecord
 from ..tables import table
+from ._args import at_least
 from ._store import parse_since, store_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("logs", help="show recent calls from the call log")
     p.add_argument("--config", help="the gateway's config file (to find its call log)")
-    p.add_argument("-n", "--limit", type=int, default=20, help="how many calls (default 20)")
+    p.add_argument("-n", "--limit", type=at_least(1), default=20, help="how many calls (default 20)")
     p.add_argument("--model", help="only calls answered by or asked of this model")
     p.add_argument("--key", help="only calls made with this API key id (key_...)")
     p.add_argument("--status", help="success, error (any error), error:UpstreamTimeout, ...")

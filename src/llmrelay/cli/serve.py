@@ -10,13 +10,14 @@ import sys
 
 from ..config import Settings
 from ..relay import Relay
+from ._args import port
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the OpenAI/Anthropic-compatible gateway")
     p.add_argument("--config", help="YAML config file (default: the embedded default, simulated models)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, or server.host)")
-    p.add_argument("--port", type=_port, help="port to listen on (default 4000, or server.port)")
+    p.add_argument("--port", type=port, help="port to listen on (default 4000, or server.port)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
@@ -55,12 +56,6 @@ def run(args: argparse.Namespace) -> int:
     uvicorn_server = uvicorn.Server(config)
     uvicorn_server.run(sockets=[sock])
     return 0 if uvicorn_server.started else 1
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a free one)")
-    return int(text)
 
 
 def _bind(host: str, port: int) -> socket.socket:

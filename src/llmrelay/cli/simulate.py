@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._args import port
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="simulator YAML file (rules, latency, faults)")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8100)")
+    p.add_argument("--port", type=port, default=None, help="port to listen on (default 8100)")
     p.add_argument("--seed", type=int, default=None, help="seed for fault sampling")
 
 

@@ -1,0 +1,28 @@
+"""argparse types the commands share: a bad value is argparse's one-line error (exit 2), not a
+traceback or a silent zero."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a free one)")
+    return int(text)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """A whole number no smaller than ``low``."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {low}")
+        return value
+
+    return whole
