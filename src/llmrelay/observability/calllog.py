@@ -96,12 +96,13 @@ class CallLog:
         """A writer that dies (it should not) is started again: records wait in the journal."""
         while (writer := self._writer) is not None:
             code = await writer.wait()
-            if self._stopping:
-                return
-            log.error("call log: the writer process exited with %s; starting it again in 1 s", code)
+            # A SIGTERM to the whole process group (docker stop, systemd) reaches the writer
+            # before the gateway's own shutdown says it is stopping: wait a moment before calling
+            # it a failure, so a clean stop does not log one.
             await asyncio.sleep(1.0)
             if self._stopping:
                 return
+            log.error("call log: the writer process exited with %s; started it again", code)
             self._writer = await self._spawn_writer()
 
     def submit(self, record: CallRecord) -> None:
