@@ -64,9 +64,8 @@ class Price(_Settings):
     output: float = Field(ge=0)
     cache_read: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
-    cache_write_1h: float | None = Field(
-        default=None, ge=0
-    )  # Anthropic's 1-hour writes; default: cache_write
+    # Anthropic's 1-hour cache writes; default: cache_write.
+    cache_write_1h: float | None = Field(default=None, ge=0)
 
 
 def _off(value: Any) -> Any:

@@ -32,9 +32,12 @@ def too_deep(raw: bytes | str, value: Any) -> bool:
     return False
 
 
-def json_object(text: str) -> dict[str, Any] | None:
-    """``text`` as a JSON object we can pass on, or None: not JSON, not an object, or nested too
-    deep (tool-call arguments, which travel as a string inside the body)."""
+def tool_arguments(text: str) -> dict[str, Any] | None:
+    """A tool call's arguments (a string inside the body) as the object to pass on, ``{}`` when
+    blank (some OpenAI-compatible clients send "" for a call without any), or None: not JSON, not
+    an object, or nested too deep."""
+    if not text.strip():
+        return {}
     try:
         value = orjson.loads(text)  # unlike json.loads, refuses lone surrogates and huge numbers
     except orjson.JSONDecodeError:
@@ -44,4 +47,4 @@ def json_object(text: str) -> dict[str, Any] | None:
     return value
 
 
-__all__ = ["MAX_DEPTH", "json_object", "too_deep"]
+__all__ = ["MAX_DEPTH", "too_deep", "tool_arguments"]

@@ -57,8 +57,8 @@ class KeysAdmin:
             ("POST", "rotate"): self._rotate,
         }
         handler = routes.get((method, action))
-        allowed = [m for m, a in routes if a == action]
-        if handler is None and allowed and len(parts) <= 2:  # a route, not with this method
+        allowed = [m for m, a in routes if a == action] if handler is None else []
+        if allowed and len(parts) <= 2:  # a route, not with this method
             raise MethodNotAllowedError(
                 f"{method} is not allowed on {scope['path']}; use {' or '.join(allowed)}."
             )

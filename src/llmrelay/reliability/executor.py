@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..pipeline import Attempt, Call, Handler, Result, Stream
 from ..providers.base import HTTPProvider
-from ..tokens import LONG_PROMPT_BYTES, count_messages, count_messages_off_loop, token_upper_bound
+from ..tokens import count_messages_off_loop
 from ..types import Chunk
 from .breaker import Breakers
 from .policy import Try, Wait, attempt_plan, may_exceed, retryable
@@ -91,21 +91,17 @@ class Executor:
         chain = self.catalog.chain(call.request.model)
         deadline = call.started + self._timeout_s(call)
         tokenizer = chain[0].deployments[0].upstream
-        # Prompts are counted only when some model's context window could be exceeded; a long
-        # one then on a worker thread, up front (the plan below is synchronous).
-        counted = None
-        if token_upper_bound(call.request.messages) > LONG_PROMPT_BYTES and any(
-            may_exceed(call.request, entry.settings.context_window) for entry in chain
-        ):
+        # The prompt is counted only when some model's context window could be exceeded, then up
+        # front (a long one on a worker thread): the plan below is synchronous.
+        counted = 0
+        if any(may_exceed(call.request, entry.settings.context_window) for entry in chain):
             counted = await count_messages_off_loop(call.request.messages, tokenizer)
         plan = attempt_plan(
             chain,
             call.request,
             self.settings,
             self.balancer.pick,
-            prompt_tokens=lambda: (
-                counted if counted is not None else count_messages(call.request.messages, tokenizer)
-            ),
+            prompt_tokens=lambda: counted,  # asked only where may_exceed said so
             cooldown=self.breakers.cooldown,
             rng=self.rng,
         )

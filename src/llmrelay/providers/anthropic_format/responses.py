@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ...errors import UpstreamProtocolError
-from ...jsondepth import json_object
+from ...jsondepth import tool_arguments
 from ...types import (
     ChatResponse,
     Choice,
@@ -96,7 +96,7 @@ def response_to_wire(response: ChatResponse) -> dict[str, Any]:
 
 def _tool_input(arguments: str) -> dict[str, Any]:
     """An upstream's tool-call arguments -> Anthropic's ``input`` object."""
-    value = json_object(arguments) if arguments.strip() else {}
+    value = tool_arguments(arguments)
     if value is None:
         # Anthropic clients cannot receive anything but an object; passing garbage on would only
         # move the failure into the client's SDK.

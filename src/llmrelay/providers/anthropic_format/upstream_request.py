@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...jsondepth import json_object
+from ...jsondepth import tool_arguments
 from ...types import (
     ChatRequest,
     ContentPart,
@@ -204,9 +204,7 @@ def _image_to_wire(part: ImagePart, at: str) -> dict[str, Any]:
 
 
 def _tool_use_to_wire(call: ToolCall, at: str) -> dict[str, Any]:
-    arguments = call.function.arguments
-    # Some OpenAI-compatible clients send "" for a call without arguments.
-    tool_input = json_object(arguments) if arguments.strip() else {}
+    tool_input = tool_arguments(call.function.arguments)
     if tool_input is None:
         raise _invalid(f"{at}.function.arguments", "must be a JSON object")
     return {"type": "tool_use", "id": call.id, "name": call.function.name, "input": tool_input}
