@@ -18,6 +18,7 @@ holds one record per request the gateway served (counted by the upstream's acces
     .venv/bin/python bench/calllog.py --stores-only      # part 1 only (~30 s)
     .venv/bin/python bench/calllog.py --records 100000 --rounds 6
     .venv/bin/python bench/calllog.py --gateways-only --control   # + an A/A twin of `off`: the noise
+    .venv/bin/python bench/calllog.py --gateways-only --pin       # the writers on a CPU of their own
 
 PostgreSQL: ``--pg-dsn`` (default postgresql://postgres@127.0.0.1:5432/postgres) is used only to
 create throwaway databases (``llmrelay_bench_<pid>_*``), which are dropped at the end.
@@ -227,6 +228,13 @@ def children_ticks(parent: int) -> dict[int, int]:
         if int(fields[1]) == parent:
             ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
     return ticks
+
+
+def pin_children(parent: int, cpus: set[int]) -> None:
+    """Every thread of ``parent``'s child processes (a gateway's call-log writer) onto ``cpus``."""
+    for pid in children_ticks(parent):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def runqueue_wait_ns(pid: int) -> int:
@@ -645,6 +653,8 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
             specs.append(("sqlite-nm", "sqlite:///calls.db", False))
         if args.control:  # A/A: the same gateway as `off` again; its ratios are this run's noise
             specs.append(("off-again", None, False))
+        if args.pin:  # every child inherits this: nginx, the gateways, wrk
+            os.sched_setaffinity(0, {1})
         ports = [overhead.free_port() for _ in specs]
         _, access_log = start_upstream(tmp, procs, ports)
         gateways = [
@@ -661,6 +671,8 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
         for g in gateways:
             overhead.check(overhead.Target(g.name, g.url + "/v1/chat/completions", g.proc), body, "sk-bench")
             g.answered += 1
+            if args.pin:
+                pin_children(g.proc.pid, {0})
 
         print()
         print(
@@ -799,6 +811,13 @@ def main() -> None:
         action="store_true",
         help="also a second gateway identical to `off` (A/A): how far apart two equal gateways measure",
     )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="nginx, wrk and every gateway on CPU 1, the call-log writers on CPU 0: the writer "
+        "with a core of its own, as on a machine with one to spare (SQLite only: the PostgreSQL "
+        "server is not ours to place)",
+    )
     ap.add_argument("--rounds", type=int, default=5, help="alternating gateway rounds per concurrency")
     ap.add_argument(
         "--flush-interval-s", type=float, default=0.2, help="the gateways' calllog.flush_interval_s"
@@ -809,6 +828,10 @@ def main() -> None:
         "--keep-logs", action="store_true", help="keep the temp dir (logs, journals, SQLite files)"
     )
     args = ap.parse_args()
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        args.no_postgres = True
 
     started = time.monotonic()
     print(f"machine: {os.cpu_count()} cores, {overhead._cpu_model()}; Python {sys.version.split()[0]}")

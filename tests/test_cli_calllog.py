@@ -58,6 +58,21 @@ async def test_logs_table_filters_and_json(tmp_path):
     errors = llmrelay("logs", "--config", str(config), "--status", "error", "--json")
     (only,) = [json.loads(line) for line in errors.splitlines()]
     assert only["status"] == "error:UpstreamTimeout" and only["attempts"][0]["deployment"] == "p/u"
+    exact = llmrelay("logs", "--config", str(config), "--status", "error:UpstreamTimeout", "--json")
+    assert [json.loads(line)["id"] for line in exact.splitlines()] == [only["id"]]
+
+
+def test_logs_refuses_a_status_no_call_can_have(tmp_path):
+    # A misspelt status would match nothing and read as "no such calls".
+    for bad in ("sucess", "errors", "error:", "error:Upstream Timeout"):
+        result = subprocess.run(
+            [sys.executable, "-m", "llmrelay", "logs", "--config", str(tmp_path / "x.yaml"), "--status", bad],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2 and "is not a call status" in result.stderr, (bad, result.stderr)
+        assert "Traceback" not in result.stderr
 
 
 async def test_costs_by_model_sums_exactly(tmp_path):

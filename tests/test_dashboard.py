@@ -220,6 +220,9 @@ def test_bad_requests_are_told_what_is_wrong(gateway: Server) -> None:
         and get("summary?since=2w").json()["error"]["param"] == "since"
     )
     assert get("recent?limit=many").status_code == 400
+    misspelt = get("recent?status=sucess")
+    assert misspelt.status_code == 400 and misspelt.json()["error"]["param"] == "status"
+    assert get("recent?status=error:UpstreamTimeout").status_code == 200
     assert get("call").status_code == 400
     missing = get("call?id=req_nope")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "call_not_found"

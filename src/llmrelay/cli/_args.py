@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..observability.records import status_filter
+
 
 def port(text: str) -> int:
     if not (text.isascii() and text.isdigit() and int(text) <= 65535):
@@ -26,3 +28,10 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return whole
+
+
+def call_status(text: str) -> str:
+    try:
+        return status_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -11,7 +11,7 @@ import orjson
 
 from ..observability.records import CallRecord
 from ..tables import table
-from ._args import at_least
+from ._args import at_least, call_status
 from ._store import parse_since, store_from
 
 
@@ -21,7 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--limit", type=at_least(1), default=20, help="how many calls (default 20)")
     p.add_argument("--model", help="only calls answered by or asked of this model")
     p.add_argument("--key", help="only calls made with this API key id (key_...)")
-    p.add_argument("--status", help="success, error (any error), error:UpstreamTimeout, ...")
+    p.add_argument(
+        "--status",
+        type=call_status,
+        help="success, error (any error), error:UpstreamTimeout, filtered or cache_hit",
+    )
     p.add_argument("--since", help="30m, 2h, 7d or an ISO date")
     p.add_argument("--json", action="store_true", help="one JSON object per line, attempts included")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new calls (Ctrl-C to stop)")

@@ -239,6 +239,20 @@ _ATTEMPT_FIELDS = frozenset(f.name for f in fields(AttemptRecord))
 
 
 @functools.lru_cache(maxsize=4096)  # a gateway sees the same keys over and over: hash each once
+def status_filter(text: str) -> str:
+    """``text`` as a filter on ``CallRecord.status`` ("error" matches every error), or ValueError:
+    a misspelt status would otherwise match no call and read as "none of those"."""
+    kind, colon, error_class = text.partition(":")
+    if text in ("success", "filtered", "cache_hit", "error") or (
+        kind == "error" and colon and error_class.isidentifier()
+    ):
+        return text
+    raise ValueError(
+        f"{text!r} is not a call status: success, error (any error), error:<ErrorClass> "
+        "(e.g. error:UpstreamTimeout), filtered or cache_hit"
+    )
+
+
 def key_id(presented: str | None) -> str | None:
     """A stable, non-reversible id for an API key: enough to group by, useless to an attacker."""
     if not presented:

@@ -40,7 +40,7 @@ from ..asgi import Receive, Scope, Send, read_body, request_headers, send_json_b
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
 from ..keys.logs import KeyScopedStore
 from ..keys.model import VirtualKey
-from ..observability.records import CallRecord, CallStore
+from ..observability.records import CallRecord, CallStore, status_filter
 from ..observability.sqlite_store import percentile
 from .http import presented_key
 
@@ -422,7 +422,7 @@ class Dashboard:
             since=window_bounds(window)[0] if window else None,
             model=_param(scope, "model", "") or None,
             api_key_id=_param(scope, "key", "") or None,
-            status=_param(scope, "status", "") or None,
+            status=_status_param(scope),
         )
         await _send_json(send, {"calls": [call_line(r) for r in records]})
 
@@ -446,6 +446,14 @@ _NO_STORE = [(b"cache-control", b"no-store")]
 def _param(scope: Scope, name: str, default: str) -> str:
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
     return values[-1] if values else default
+
+
+def _status_param(scope: Scope) -> str | None:
+    raw = _param(scope, "status", "")
+    try:
+        return status_filter(raw) if raw else None
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="status") from None
 
 
 def _int_param(scope: Scope, name: str, default: int, most: int) -> int:
