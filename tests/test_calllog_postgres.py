@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -84,6 +85,59 @@ async def test_database_down_mid_run_then_back_loses_nothing(simulator, database
         stop_process(server)
         proxy.close()
     assert len(ids) == 30 and set(ids) <= stored and len(stored) == 30
+
+
+async def test_a_gateway_starts_and_serves_while_the_database_is_down(simulator, database, tmp_path):
+    # A replica (re)started during a database outage must serve, not refuse to start: records wait
+    # in the journal, and the dashboard says the call log is unavailable (503) until it is back.
+    proxy = TcpProxy(5432, free_port())  # not up: connections are refused
+    config = {
+        "server": {"master_key": "sk-admin"},
+        "calllog": {
+            "directory": str(tmp_path / "home"),
+            "store": f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}",
+            "flush_interval_s": 0.05,
+        },
+        "providers": {"oa": {"kind": "openai", "base_url": simulator.url + "/v1"}},
+        "models": [{"name": "gpt-4o-mini", "provider": "oa"}],
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    admin = {"authorization": "Bearer sk-admin"}
+    ids = []
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-admin", max_retries=0) as client:
+
+            def call() -> None:
+                raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+                ids.append(raw.headers["x-llmrelay-request-id"])
+
+            for _ in range(5):
+                call()
+            down = httpx.get(server.url + "/dashboard/api/recent", headers=admin)
+            assert down.status_code == 503, down.text
+            assert down.json()["error"]["code"] == "calllog_unavailable"
+            assert "records wait in the journal" in down.json()["error"]["message"]
+            proxy.up()
+            call()
+            deadline = time.monotonic() + 30  # the writer retries a down store every <= 5 s
+            while time.monotonic() < deadline:
+                recent = httpx.get(server.url + "/dashboard/api/recent", headers=admin)
+                if recent.status_code == 200 and len(recent.json()["calls"]) == len(ids):
+                    break
+                time.sleep(0.2)
+            assert {c["id"] for c in recent.json()["calls"]} == set(ids)
+            proxy.down()  # gone again while the dashboard's connections are open: 503, not 500
+            again = httpx.get(server.url + "/dashboard/api/summary", headers=admin)
+            assert again.status_code == 503 and again.json()["error"]["code"] == "calllog_unavailable"
+            call()
+    finally:
+        stop_process(server)
+        proxy.close()
+    assert len(ids) == 7
+    log = server.log()  # (asyncpg logs its own tracebacks while it cannot refill its pool)
+    assert "unexpected error" not in log and "Exception in ASGI application" not in log
 
 
 def _line(i: int, **fields) -> bytes:

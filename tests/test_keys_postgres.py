@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from llmrelay.config import KeyConfig, KeyFields, Settings
-from llmrelay.errors import ConfigError
+from llmrelay.errors import ConfigError, StoreUnavailable
 from llmrelay.keys.hashing import secret_hash
 from llmrelay.keys.service import KeyService
+from llmrelay.keys.spend import Charge, Ledger, LocalCounters, periods
 from llmrelay.keys.store import PostgresKeyStore, SqliteKeyStore
 
+from .conftest import free_port
+from .tcp_proxy import TcpProxy
 from .test_postgres_store import database, query, with_query  # noqa: F401  (a fresh database)
 
 
@@ -98,3 +101,57 @@ def _rec(k: KeyConfig):
     record = config_record(k)
     assert record.created_at <= time.time()
     return record
+
+
+async def test_a_database_down_at_start_is_not_an_outage(database) -> None:  # noqa: F811
+    """A replica started while PostgreSQL is down: the master key works at once, a virtual key once
+    the database is back (503 before, never a 500), a key already seen keeps working through a
+    later outage, and budgets count what was spent before the start once they can read it."""
+    schema = f"k_{uuid.uuid4().hex[:12]}"
+    await query(database, f"CREATE SCHEMA {schema}")
+    saved = PostgresKeyStore(with_query(database, search_path=schema))
+    await saved.open()
+    day, month = periods()
+    await saved.add_spend({("key:key_demo", day): 700})  # spent before this start
+    await saved.close()
+
+    proxy = TcpProxy(5432, free_port())  # not up yet: refused
+    dsn = with_query(database, search_path=schema).replace(":5432/", f":{proxy.port}/")
+    demo = KeyConfig(id="key_demo", secret="sk-llmrelay-demo-limited", owner="demo")
+    store = PostgresKeyStore(dsn)
+    keys = KeyService(
+        Settings.from_dict(
+            {
+                "server": {"master_key": "sk-master-0123456789", "key_cache_ttl_s": 0},
+                "keys": [demo.model_dump()],
+            }
+        ),
+        store,
+    )
+    ledger = Ledger(store, LocalCounters())
+    try:
+        await keys.start()
+        await ledger.start()
+        assert (await keys.resolve("sk-master-0123456789")).admin
+        with pytest.raises(StoreUnavailable) as down:
+            await keys.resolve(demo.secret)
+        assert down.value.status == 503 and down.value.code == "key_store_unavailable"
+        charge = Charge("key:key_demo", day, None, "demo")
+        await ledger.settle([charge], 0, 50)  # a call while the database is down
+        await ledger.flush()  # cannot read what was saved: saves nothing either
+        assert await ledger.spent("key:key_demo", day) == Decimal(50) / 10**12
+
+        proxy.up()
+        assert (await keys.resolve(demo.secret)).id == "key_demo"  # seeded on first need
+        await ledger.flush()
+        assert await ledger.spent("key:key_demo", day) == Decimal(750) / 10**12
+        assert (await store.spend([day]))[("key:key_demo", day)] == 750  # saved once, not twice
+
+        proxy.down()  # again, with the key remembered: it keeps working (the TTL is 0)
+        assert (await keys.resolve(demo.secret)).id == "key_demo"
+        with pytest.raises(StoreUnavailable):
+            await keys.resolve("sk-llmrelay-never-seen")
+    finally:
+        await ledger.aclose()
+        await store.close()
+        proxy.close()

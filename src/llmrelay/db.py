@@ -18,9 +18,9 @@ import itertools
 import logging
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -40,7 +40,43 @@ MIGRATION_LOCK = int.from_bytes(b"llmrelay", "big")  # "llmrelay" as an int64
 
 
 class PostgresUnavailable(ConnectionError):
-    """PostgreSQL could not be reached (or refused us) when a store opened."""
+    """PostgreSQL could not be reached (or refused us) when a store opened. ``lasting``: it
+    refused us (a bad password, no such database), which waiting will not mend."""
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
+async def unless_down(step: Awaitable[Any], what: str, meanwhile: str) -> bool:
+    """Await ``step`` (a store opening, at start-up); PostgreSQL down is one warning, not a failed
+    start: a replica restarted during an outage must serve. Refused (``lasting``) still raises.
+    Whether ``step`` ran."""
+    try:
+        await step
+    except PostgresUnavailable as exc:
+        if exc.lasting:
+            raise
+        log.warning("%s: %s; %s", what, exc, meanwhile)
+        return False
+    return True
+
+
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What talking to a PostgreSQL that is down, restarting, shutting down, full or cut off
+    raises: connection refused, reset or timed out, and asyncpg's errors for those."""
+    try:
+        import asyncpg
+    except ImportError:  # no PostgreSQL here
+        return (OSError, TimeoutError)
+    return (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+        asyncpg.TooManyConnectionsError,
+    )
 
 
 class Database:
@@ -283,11 +319,13 @@ class PostgresDatabase(Database):
                 f"{self.label} is PostgreSQL but asyncpg is not installed: pip install 'llmrelay[postgres]'"
             ) from None
         where = dsn_host(self.dsn)
-        unreachable = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+        unreachable = unreachable_errors()
         try:
             conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-        except (*unreachable, asyncpg.PostgresError) as exc:  # refused, timed out, bad password, no db
+        except unreachable as exc:  # refused, timed out, starting up
             raise PostgresUnavailable(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
+        except asyncpg.PostgresError as exc:  # a bad password, no such database
+            raise PostgresUnavailable(f"PostgreSQL at {where} refused us: {exc}", lasting=True) from exc
         try:
             applied = await apply_postgres(conn, self.migrations)
         finally:
@@ -313,25 +351,35 @@ class PostgresDatabase(Database):
         if pool is not None:
             await pool.close()
 
-    @property
-    def pool(self) -> Any:
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection. The pool opens here if PostgreSQL was down when the store started
+        (a gateway serves through an outage); a database down, restarting or cut off, here or
+        mid-query, is ``PostgresUnavailable``, whatever asyncpg or the socket raised."""
         if self._pool is None:
-            raise RuntimeError(f"{self.label} is not open")
-        return self._pool
+            await self.open()
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except unreachable_errors() as exc:
+            raise PostgresUnavailable(f"lost PostgreSQL at {dsn_host(self.dsn)}: {exc}") from exc
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await self.pool.fetch(numbered(sql), *args)]
+        async with self.connection() as conn:
+            return [tuple(row) for row in await conn.fetch(numbered(sql), *args)]
 
     write_fetch = fetch  # one statement is its own transaction
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return rowcount(await self.pool.execute(numbered(sql), *args))
+        async with self.connection() as conn:
+            return rowcount(await conn.execute(numbered(sql), *args))
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.pool.executemany(numbered(sql), rows)
+        async with self.connection() as conn:
+            await conn.executemany(numbered(sql), rows)
 
     async def transaction(self, steps: Steps, *, guarded: bool = False, durable: bool = False) -> list[int]:
-        async with self.pool.acquire() as conn:
+        async with self.connection() as conn:
             tx = conn.transaction()
             await tx.start()
             try:
@@ -422,6 +470,8 @@ __all__ = [
     "Database",
     "PostgresDatabase",
     "PostgresUnavailable",
+    "unless_down",
+    "unreachable_errors",
     "SqliteDatabase",
     "apply_postgres",
     "calllog_database",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
+from ..db import PostgresUnavailable, unless_down
 from ..errors import ConfigError, GatewayError, InvalidRequestError, NotFoundError
 from ..keys.service import check_model
 from ..providers import openai_format
@@ -77,7 +78,7 @@ class BatchService:
             unknown = [m for m in self.settings.models if m not in known]
             if unknown:
                 raise ConfigError(f"batch.models: unknown model(s) {', '.join(unknown)}")
-            await self.store.open()
+            await unless_down(self.store.open(), "batches", "the batch API answers once it is back")
             self._loop_task = asyncio.create_task(self._background(), name="llmrelay-batches")
             self._started = True
 
@@ -392,6 +393,8 @@ class BatchService:
                 for record in await self.store.stale_finalizing(now - _STALE_FINALIZE_S):
                     if await self.store.update(record.id, when=(record.status,), finalizing_at=now):
                         self._spawn(self.finalize(record))
+            except PostgresUnavailable as exc:  # down: the next round tries again
+                log.warning("batch background loop: %s", exc)
             except Exception:
                 log.exception("batch background loop")
 

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import PermissionDeniedError
+from ..db import PostgresUnavailable, unless_down
+from ..errors import PermissionDeniedError, StoreUnavailable
 from ..observability.records import key_id
 from .hashing import hint, new_id, new_secret, secret_hash
 from .model import KeyLimits, VirtualKey
@@ -41,18 +42,25 @@ class KeyService:
         self._budgets = settings.budgets
         self._redis_url = settings.redis_url
         self._cache: dict[str, tuple[float, VirtualKey | None]] = {}
+        self._opened = False
         self.ledger: Ledger | None = None
         # Whether a key presented here can carry a guardrail policy: any key can with a master key
         # (the admin API makes them at any time); without one, only keys already in the store.
         self.guardrails_possible = master is not None or any(k.guardrails is not None for k in settings.keys)
 
     async def start(self) -> KeyService:
+        await unless_down(self._open(), "keys", "the master key works, virtual keys once it is back")
+        return self
+
+    async def _open(self) -> None:
+        if self._opened:
+            return
         await self.store.open()
         if self._seed:
             await self.store.seed(config_record(k) for k in self._seed)
         if not self.guardrails_possible:  # a library Relay: keys made elsewhere may have a policy
             self.guardrails_possible = any(r.key.guardrails is not None for r in await self.store.list_keys())
-        return self
+        self._opened = True
 
     async def start_ledger(self) -> Ledger:
         """The spend ledger, started on first need (only the budget stage needs it)."""
@@ -74,10 +82,16 @@ class KeyService:
         await self.store.close()
 
     async def any_budget(self) -> bool:
-        """Whether any active key in the store has a budget."""
+        """Whether any active key in the store has a budget (when the store cannot say, yes)."""
+        try:
+            await self._open()
+            records = await self.store.list_keys()
+        except PostgresUnavailable as exc:
+            if exc.lasting:
+                raise
+            return True
         return any(
-            r.key.budget_daily_usd is not None or r.key.budget_monthly_usd is not None
-            for r in await self.store.list_keys()
+            r.key.budget_daily_usd is not None or r.key.budget_monthly_usd is not None for r in records
         )
 
     # -- auth ------------------------------------------------------------------------------------
@@ -106,7 +120,16 @@ class KeyService:
         cached = self._cache.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = await fetch()
+        try:
+            await self._open()
+            record = await fetch()
+        except PostgresUnavailable as exc:
+            if cached is not None:  # the database is down: the key as last seen, not an outage
+                return cached[1]
+            raise StoreUnavailable(
+                "API keys cannot be checked right now (their database is unreachable); try again shortly.",
+                code="key_store_unavailable",
+            ) from exc
         key = record.key if record is not None and record.active else None
         if len(self._cache) >= _CACHE_MAX:
             for stale in list(self._cache)[: _CACHE_MAX // 10]:  # dicts keep insertion order
@@ -125,6 +148,7 @@ class KeyService:
 
     async def create(self, fields: KeyFields) -> tuple[KeyRecord, str]:
         """Store a new key; returns it and its secret (shown this once, never stored)."""
+        await self._open()
         secret = new_secret()
         record = KeyRecord(
             virtual_key(new_id(), fields), secret_hash(secret), hint(secret), "api", time.time()

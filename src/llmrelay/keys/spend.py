@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
 
+from ..db import unless_down
 from ..redis_client import redis_client
 from .store import KeyStore
 
@@ -97,7 +98,9 @@ class Counters(Protocol):
 
     async def get(self, counter: str) -> int: ...
 
-    async def seed(self, values: dict[str, int]) -> None: ...  # counters not yet known
+    # What the store remembers from before this process counted anything: added to what the
+    # counters hold (nothing at start; this process's own calls when the database was down then).
+    async def seed(self, values: dict[str, int]) -> None: ...
 
     def prune(self, keep: Sequence[str]) -> None: ...  # forget counters of periods not in ``keep``
 
@@ -131,7 +134,7 @@ class LocalCounters:
 
     async def seed(self, values: dict[str, int]) -> None:
         for counter, value in values.items():
-            self.values.setdefault(counter, value)
+            self.values[counter] = self.values.get(counter, 0) + value
 
     def prune(self, keep: Sequence[str]) -> None:
         self.values = {c: v for c, v in self.values.items() if c.rpartition("|")[2] in keep}
@@ -210,6 +213,7 @@ class RedisCounters:
             return 0
 
     async def seed(self, values: dict[str, int]) -> None:
+        # Redis holds the truth: the table only fills counters it lost (NX).
         if not values:
             return
         try:
@@ -243,12 +247,19 @@ class Ledger:
         self._pending: dict[tuple[str, str], int] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._periods = periods()
+        self._seeded = False
 
     async def start(self) -> None:
+        # Down: what was spent before is added once the database is back (``flush`` tries first,
+        # before this process saves any spend of its own, so never twice).
+        await unless_down(self._seed(), "budgets", "spend saved before now is counted once it is back")
+        self._flusher = asyncio.create_task(self._flush_loop(), name="llmrelay-budget-flush")
+
+    async def _seed(self) -> None:
         day, month = periods()
         known = await self.store.spend([day, month])
         await self.counters.seed({f"{scope}|{period}": v for (scope, period), v in known.items()})
-        self._flusher = asyncio.create_task(self._flush_loop(), name="llmrelay-budget-flush")
+        self._seeded = True
 
     async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
         if charges and charges[0].period not in self._periods:  # a new day: forget the old ones
@@ -267,6 +278,12 @@ class Ledger:
         return from_pico(await self.counters.get(f"{scope}|{period}"))
 
     async def flush(self) -> None:
+        if not self._seeded:
+            try:
+                await self._seed()
+            except Exception as exc:  # still down: nothing is saved before the seed
+                log.warning("budgets: could not read saved spend (%s); retrying", exc)
+                return
         pending, self._pending = self._pending, {}
         if not pending:
             return

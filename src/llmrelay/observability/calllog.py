@@ -35,11 +35,17 @@ from pathlib import Path
 
 import orjson
 
+from ..db import unless_down
 from .journal import Appender, pending_bytes, rejected_lines
 from .records import CallRecord, CallStore
 from .writer import JournalWriter
 
 log = logging.getLogger(__name__)
+
+UNAVAILABLE = (
+    "The call log's database cannot be reached right now; calls are still served and their records "
+    "wait in the journal until it is back."
+)
 
 
 class CallLog:
@@ -72,7 +78,9 @@ class CallLog:
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        await self.store.open()  # schema migrations run here, before the writer needs them
+        # Schema migrations run here, before the writer needs them; if the database is down, the
+        # writer opens (and migrates) it once it is back.
+        await unless_down(self.store.open(), "call log", "records wait in the journal until it is back")
         self._journal = Appender(self.directory, segment_bytes=self.segment_bytes)
         self._writer = await self._spawn_writer()
         self._supervisor = asyncio.create_task(self._supervise(), name="llmrelay-calllog-writer")

@@ -151,10 +151,6 @@ class PostgresCallStore:
     async def close(self) -> None:
         await self._db.close()
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        return self._db.pool
-
     # -- writing ---------------------------------------------------------------------------------
 
     async def write(self, records: list[CallRecord]) -> None:
@@ -170,7 +166,7 @@ class PostgresCallStore:
             # out of range is an OverflowError, ValueError or (for some) OSError from fromtimestamp
             raise RejectedRecord(f"a record cannot be stored: {exc}") from exc
         days = {row[1].date() for row in calls}
-        async with self.pool.acquire() as conn:
+        async with self._db.connection() as conn:
             await self._ensure_partitions(conn, days)
             try:
                 try:
@@ -242,11 +238,11 @@ class PostgresCallStore:
             where.append(f"(status = {arg(status)} OR status LIKE {arg(_like_escape(status) + ':%')})")
         sql = _SELECT_CALLS + (" WHERE " + " AND ".join(where) if where else "")
         sql += f" ORDER BY started_at DESC, id DESC LIMIT {arg(max(limit, 0))}"
-        async with self.pool.acquire() as conn:
+        async with self._db.connection() as conn:
             return await _with_attempts(conn, await conn.fetch(sql, *args))
 
     async def get(self, call_id: str) -> CallRecord | None:
-        async with self.pool.acquire() as conn:
+        async with self._db.connection() as conn:
             rows = await conn.fetch(
                 _SELECT_CALLS + " WHERE id = $1 ORDER BY started_at DESC LIMIT 1", call_id
             )
@@ -286,7 +282,7 @@ class PostgresCallStore:
             GROUP BY 1
             ORDER BY {order}
         """
-        async with self.pool.acquire() as conn:
+        async with self._db.connection() as conn:
             rows = await conn.fetch(sql, *args)
         return [
             {**dict(row), "cost_usd": _money(row["cost_usd"]), "saved_usd": _money(row["saved_usd"])}
@@ -300,7 +296,7 @@ class PostgresCallStore:
         by dropping its partitions, the day it falls in by deleting rows. Returns the calls removed."""
         cutoff = _timestamp(older_than)
         removed = 0
-        async with self.pool.acquire() as conn:
+        async with self._db.connection() as conn:
             names = await conn.fetch(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
                 " WHERE i.inhparent = 'calls'::regclass"

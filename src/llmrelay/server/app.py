@@ -27,12 +27,14 @@ from ..asgi import (
     wait_disconnect,
     write,
 )
+from ..db import PostgresUnavailable
 from ..dialects import ANTHROPIC, OPENAI, Dialect
 from ..errors import (
     AuthenticationError,
     GatewayError,
     NotFoundError,
     PermissionDeniedError,
+    StoreUnavailable,
 )
 from ..keys.admin import PREFIX as KEYS_ADMIN
 from ..keys.admin import KeysAdmin
@@ -133,6 +135,12 @@ class Gateway:
             await send_json(send, error.status, dialect.error(error), encode_headers(error.headers()))
         except ClientGone:  # the client left while sending its body: nobody to answer
             return  # nothing to answer
+        except PostgresUnavailable as exc:  # keys admin, batches, jobs: the database is down
+            log.warning("%s: %s", path, exc)
+            error = StoreUnavailable(
+                "A database this gateway needs cannot be reached right now; try again shortly."
+            )
+            await send_json(send, error.status, dialect.error(error))
         except Exception:
             log.exception("unexpected error on %s", path)
             error = GatewayError("The gateway hit an internal error; it has been logged.")

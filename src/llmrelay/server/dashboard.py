@@ -22,6 +22,7 @@ covers, and the page shows it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import html
@@ -37,9 +38,11 @@ from urllib.parse import parse_qs
 import orjson
 
 from ..asgi import Receive, Scope, Send, read_body, request_headers, send_json_bytes
-from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
+from ..db import PostgresUnavailable
+from ..errors import AuthenticationError, InvalidRequestError, NotFoundError, StoreUnavailable
 from ..keys.logs import KeyScopedStore
 from ..keys.model import VirtualKey
+from ..observability.calllog import UNAVAILABLE
 from ..observability.records import CallRecord, CallStore, status_filter
 from ..observability.sqlite_store import percentile
 from .http import presented_key
@@ -305,11 +308,11 @@ class Dashboard:
             "/dashboard": ("GET", self._dashboard),
             "/dashboard/login": ("POST", self._login),
             "/dashboard/logout": ("POST", self._logout),
-            "/dashboard/api/summary": ("GET", self._summary),
-            "/dashboard/api/series": ("GET", self._series),
-            "/dashboard/api/top": ("GET", self._top),
-            "/dashboard/api/recent": ("GET", self._recent),
-            "/dashboard/api/call": ("GET", self._call),
+            "/dashboard/api/summary": ("GET", _reading(self._summary)),
+            "/dashboard/api/series": ("GET", _reading(self._series)),
+            "/dashboard/api/top": ("GET", _reading(self._top)),
+            "/dashboard/api/recent": ("GET", _reading(self._recent)),
+            "/dashboard/api/call": ("GET", _reading(self._call)),
         }
 
     # --- auth ---------------------------------------------------------------------------------
@@ -446,6 +449,19 @@ _NO_STORE = [(b"cache-control", b"no-store")]
 def _param(scope: Scope, name: str, default: str) -> str:
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
     return values[-1] if values else default
+
+
+def _reading(handler: Handler) -> Handler:
+    """``handler`` with its store's database going away mid-read answered as a 503, not a 500."""
+
+    @functools.wraps(handler)
+    async def read(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await handler(scope, receive, send)
+        except PostgresUnavailable as exc:
+            raise StoreUnavailable(f"{UNAVAILABLE} ({exc})", code="calllog_unavailable") from exc
+
+    return read
 
 
 def _status_param(scope: Scope) -> str | None:
