@@ -14,7 +14,8 @@ import yaml
 
 from llmrelay.jobs.queue import PostgresJobQueue, SqliteJobQueue, new_job, open_queue
 
-from .conftest import serve_config, stop_process
+from .conftest import free_port, serve_config, stop_process
+from .tcp_proxy import TcpProxy
 from .test_jobs import api, chat, config, receiver, start_worker, wait  # noqa: F401  (a fixture too)
 from .test_postgres_store import database, query, with_query  # noqa: F401  (a fresh database)
 
@@ -242,3 +243,29 @@ def test_gateway_and_worker_share_a_postgresql_queue(simulator, tmp_path: Path, 
         assert {r["status"]: r["count"] for r in rows} == {"succeeded": 8}  # 4 jobs + 4 deliveries
     finally:
         stop_process(gateway)
+
+
+def test_a_gateway_started_while_the_job_database_is_down_takes_jobs_once_it_is_back(
+    simulator, tmp_path: Path, request
+) -> None:
+    db = request.getfixturevalue("database")  # skipped when there is no PostgreSQL
+    schema = f"jobs_{uuid.uuid4().hex[:10]}"
+    asyncio.run(query(db, f"CREATE SCHEMA {schema}"))
+    proxy = TcpProxy(5432, free_port())  # not up: refused
+    queue = with_query(db, search_path=schema).replace(":5432/", f":{proxy.port}/")
+    gateway = serve_config(config(simulator, tmp_path, queue=queue), tmp_path)  # workers in the gateway
+    try:
+        with api(gateway) as client:
+            down = client.post("/jobs", json={"request": chat("while down")})
+            assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+            proxy.up()
+            accepted = client.post("/jobs", json={"request": chat("once back")})
+            assert accepted.status_code == 202, accepted.text
+            done = wait(client, accepted.json()["id"])
+        assert done["status"] == "succeeded" and done["result"]["choices"][0]["message"]["content"] == (
+            "You said: once back"
+        )
+    finally:
+        stop_process(gateway)
+        proxy.close()
+    assert "Traceback" not in gateway.log().split("llmrelay gateway on", 1)[0]  # start-up: warnings only

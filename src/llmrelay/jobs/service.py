@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..db import unless_down
 from ..errors import ConflictError, InvalidRequestError, ModelNotFoundError
 from ..keys.model import VirtualKey
 from .handlers import JobFailed, RetryLater
@@ -61,7 +62,8 @@ class JobService:
         async with self._open_lock:
             if self.queue is None:
                 queue = open_queue(self.settings.queue, self._directory)
-                await queue.open()
+                # PostgreSQL down: its first query opens it; until then claims wait, submissions 503.
+                await unless_down(queue.open(), "jobs", "jobs are taken once it is back")
                 self.queue = queue
         return self.queue
 

@@ -19,6 +19,7 @@ import random
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ..db import PostgresUnavailable
 from ..errors import GatewayError
 from ..providers import openai_format
 from .handlers import HANDLERS, JobFailed, RetryLater
@@ -53,9 +54,12 @@ class Pool:
             await self.slots.acquire()
             try:
                 job = await w.queue.claim([self.tier], worker=self.name, lease_s=w.settings.lease_s)
-            except Exception:
+            except Exception as exc:
                 self.slots.release()
-                log.exception("claiming a %s job failed; retrying", self.tier)
+                if isinstance(exc, PostgresUnavailable):  # an outage: a line, not a traceback a poll
+                    log.warning("claiming a %s job failed (%s); retrying", self.tier, exc)
+                else:
+                    log.exception("claiming a %s job failed; retrying", self.tier)
                 await asyncio.sleep(w.settings.poll_interval_s)
                 continue
             if job is None:
