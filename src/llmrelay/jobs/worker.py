@@ -164,6 +164,8 @@ class Workers:
                 )
                 if back:
                     log.warning("%d job(s) of stopped workers were put back in the queue (or failed)", back)
+            except PostgresUnavailable as exc:
+                log.warning("sweeping the job queue failed (%s); retrying", exc)
             except Exception:
                 log.exception("sweeping the job queue failed")
             await asyncio.sleep(min(self.settings.lease_s / 2, 5.0))
