@@ -230,13 +230,6 @@ def children_ticks(parent: int) -> dict[int, int]:
     return ticks
 
 
-def pin_children(parent: int, cpus: set[int]) -> None:
-    """Every thread of ``parent``'s child processes (a gateway's call-log writer) onto ``cpus``."""
-    for pid in children_ticks(parent):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            os.sched_setaffinity(int(task.name), cpus)
-
-
 def runqueue_wait_ns(pid: int) -> int:
     """How long the threads of ``pid`` have waited, runnable, for a CPU (schedstat(5), ns): a
     gateway slowed by another process taking its core waits here; one that is slower for itself
@@ -553,6 +546,7 @@ class Gateway:
     answered: int = 0  # responses wrk (or the check) got, warm-ups included
     pg_cpu_s: dict[int, float] = field(default_factory=dict)  # PostgreSQL server CPU, by concurrency
     flush_interval_s: float = 0.2  # the call log's (the config's default)
+    writer_cpus: list[int] | None = None  # calllog.writer_cpus
 
     @property
     def kind(self) -> str:
@@ -578,6 +572,8 @@ class Gateway:
                 "batch_size": 500,
                 "flush_interval_s": self.flush_interval_s,
             }
+            if self.writer_cpus is not None:
+                config["calllog"]["writer_cpus"] = self.writer_cpus
         path = tmp / f"gateway-{self.name}.yaml"
         path.write_text(json.dumps(config))  # JSON is YAML
         self.url = f"http://127.0.0.1:{port}"
@@ -658,7 +654,9 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
         ports = [overhead.free_port() for _ in specs]
         _, access_log = start_upstream(tmp, procs, ports)
         gateways = [
-            Gateway(*spec, port, flush_interval_s=args.flush_interval_s)
+            Gateway(
+                *spec, port, flush_interval_s=args.flush_interval_s, writer_cpus=[0] if args.pin else None
+            )
             for spec, port in zip(specs, ports, strict=True)
         ]
         for g in gateways:
@@ -671,8 +669,6 @@ def run_gateways(args: argparse.Namespace, tmp: Path, pg: Postgres | None) -> No
         for g in gateways:
             overhead.check(overhead.Target(g.name, g.url + "/v1/chat/completions", g.proc), body, "sk-bench")
             g.answered += 1
-            if args.pin:
-                pin_children(g.proc.pid, {0})
 
         print()
         print(
@@ -814,9 +810,9 @@ def main() -> None:
     ap.add_argument(
         "--pin",
         action="store_true",
-        help="nginx, wrk and every gateway on CPU 1, the call-log writers on CPU 0: the writer "
-        "with a core of its own, as on a machine with one to spare (SQLite only: the PostgreSQL "
-        "server is not ours to place)",
+        help="nginx, wrk and every gateway on CPU 1, the call-log writers on CPU 0 "
+        "(calllog.writer_cpus): the writer with a core of its own, as on a machine with one to "
+        "spare (SQLite only: the PostgreSQL server is not ours to place)",
     )
     ap.add_argument("--rounds", type=int, default=5, help="alternating gateway rounds per concurrency")
     ap.add_argument(

@@ -592,3 +592,32 @@ def _slice(pid: int, tid: str) -> int | None:
         if line.startswith("se.slice"):
             return int(line.split(":")[1])
     return None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+async def test_the_writer_can_have_cpus_of_its_own(tmp_path):
+    # On a machine with cores to spare, the writer on one the serving process is kept off
+    # (`taskset` for the gateway) takes the call log's work out of the requests' way entirely.
+    cpu = max(os.sched_getaffinity(0))
+    log = CallLog("sqlite:///calls.db", tmp_path / "home", writer_cpus=(cpu,))
+    await log.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (pids := writer_pids(os.getpid())) or len(os.listdir(f"/proc/{pids[0]}/task")) < 2:
+            assert time.monotonic() < deadline, "no writer process"
+            await asyncio.sleep(0.05)
+        (pid,) = pids
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        assert {frozenset(os.sched_getaffinity(tid)) for tid in threads} == {frozenset({cpu})}
+    finally:
+        await log.aclose()
+
+
+def test_writer_cpus_must_exist_here():
+    from llmrelay.config import Settings
+    from llmrelay.errors import ConfigError
+
+    assert Settings.from_dict({"calllog": {"writer_cpus": [0]}}).calllog.writer_cpus == (0,)
+    for bad in ([], [-1], [os.cpu_count()]):
+        with pytest.raises(ConfigError, match="calllog.writer_cpus"):
+            Settings.from_dict({"calllog": {"writer_cpus": bad}})

@@ -438,6 +438,18 @@ class CallLogSettings(_Settings):
     retention_days: float | None = Field(default=30, gt=0)  # None keeps everything
     batch_size: int = Field(default=500, ge=1)
     flush_interval_s: float = Field(default=0.2, gt=0)
+    # CPUs the writer process runs on (Linux; None: wherever the scheduler puts it). With cores to
+    # spare, one the gateway is kept off (`taskset -c 1-3 llmrelay serve`, writer_cpus: [0]) takes
+    # the call log's work out of the requests' way (bench/README.md, "the writer on a core of its own").
+    writer_cpus: tuple[int, ...] | None = Field(default=None, min_length=1)
+
+    @field_validator("writer_cpus")
+    @classmethod
+    def _cpus_here(cls, cpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        count = os.cpu_count() or 1
+        if cpus is not None and not all(0 <= c < count for c in cpus):
+            raise ValueError(f"CPUs are numbered 0-{count - 1} on this machine, not {list(cpus)}")
+        return cpus
 
 
 WebhookAllow = Literal["loopback", "private", "link_local"]

@@ -151,6 +151,7 @@ class Relay:
             batch_size=cfg.batch_size,
             flush_interval_s=cfg.flush_interval_s,
             retention_s=cfg.retention_days * 86_400 if cfg.retention_days else None,
+            writer_cpus=cfg.writer_cpus,
         )
         await self.calllog.start()
         self.sinks.append(self.calllog.submit)

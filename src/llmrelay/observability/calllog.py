@@ -62,6 +62,7 @@ class CallLog:
         segment_bytes: int = 64 * 1024 * 1024,
         retention_s: float | None = None,
         drain_s: float = 10.0,
+        writer_cpus: tuple[int, ...] | None = None,
     ) -> None:
         self.store_url = store_url
         self.directory = Path(directory).expanduser()
@@ -71,6 +72,7 @@ class CallLog:
         self.segment_bytes = segment_bytes
         self.retention_s = retention_s
         self.drain_s = drain_s
+        self.writer_cpus = writer_cpus
         self._journal: Appender | None = None
         self._writer: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -98,6 +100,8 @@ class CallLog:
         ]
         if self.retention_s:
             argv.append(f"--retention-s={self.retention_s}")
+        if self.writer_cpus:
+            argv.append(f"--cpus={','.join(map(str, self.writer_cpus))}")
         return await asyncio.create_subprocess_exec(sys.executable, *argv, stdin=asyncio.subprocess.DEVNULL)
 
     async def _supervise(self) -> None:

@@ -324,11 +324,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--retention-s", type=float, default=None)
     ap.add_argument("--drain-s", type=float, default=10.0)
     ap.add_argument("--parent-pid", type=int, default=None)
+    ap.add_argument("--cpus", default=None, help="CPUs to run on, e.g. 0 or 0,1 (Linux)")
     args = ap.parse_args(argv)
     _background()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s llmrelay call-log writer: %(message)s")
+    if args.cpus:
+        _pin({int(c) for c in args.cpus.split(",")})
     asyncio.run(_serve(args))
+
+
+def _pin(cpus: set[int]) -> None:
+    """Before any thread starts (they inherit it). Not allowed here (a container's cpuset, not
+    Linux): a warning, and the writer runs unpinned rather than not at all."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError, ValueError) as exc:
+        log.warning("call log: cannot run the writer on CPUs %s (%s); running it unpinned", sorted(cpus), exc)
 
 
 if __name__ == "__main__":
