@@ -571,12 +571,7 @@ async def test_the_writer_runs_as_background_work(tmp_path):
     log = CallLog("sqlite:///calls.db", tmp_path / "home")
     await log.start()
     try:
-        deadline = time.monotonic() + 10
-        # Up once its SQLite thread runs (started after it made itself background work).
-        while not (pids := writer_pids(os.getpid())) or len(os.listdir(f"/proc/{pids[0]}/task")) < 2:
-            assert time.monotonic() < deadline, "no writer process"
-            await asyncio.sleep(0.05)
-        (pid,) = pids
+        pid = await _writer_up()
         assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
         slices = {_slice(pid, tid) for tid in os.listdir(f"/proc/{pid}/task")}
     finally:
@@ -585,6 +580,16 @@ async def test_the_writer_runs_as_background_work(tmp_path):
         pytest.skip("this kernel reports no scheduler slice (before Linux 6.6)")
     # Every thread (the SQLite one too): a waking request-path task preempts it at once.
     assert slices == {50_000_000}, slices
+
+
+async def _writer_up() -> int:
+    """This process's writer, once its SQLite thread runs (started after it set itself up)."""
+    deadline = time.monotonic() + 10
+    while not (pids := writer_pids(os.getpid())) or len(os.listdir(f"/proc/{pids[0]}/task")) < 2:
+        assert time.monotonic() < deadline, "no writer process"
+        await asyncio.sleep(0.05)
+    (pid,) = pids
+    return pid
 
 
 def _slice(pid: int, tid: str) -> int | None:
@@ -602,11 +607,7 @@ async def test_the_writer_can_have_cpus_of_its_own(tmp_path):
     log = CallLog("sqlite:///calls.db", tmp_path / "home", writer_cpus=(cpu,))
     await log.start()
     try:
-        deadline = time.monotonic() + 10
-        while not (pids := writer_pids(os.getpid())) or len(os.listdir(f"/proc/{pids[0]}/task")) < 2:
-            assert time.monotonic() < deadline, "no writer process"
-            await asyncio.sleep(0.05)
-        (pid,) = pids
+        pid = await _writer_up()
         threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
         assert {frozenset(os.sched_getaffinity(tid)) for tid in threads} == {frozenset({cpu})}
     finally:

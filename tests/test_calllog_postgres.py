@@ -44,18 +44,7 @@ async def database():
 async def test_database_down_mid_run_then_back_loses_nothing(simulator, database, tmp_path):
     proxy = TcpProxy(5432, free_port())
     proxy.up()
-    config = {
-        "calllog": {
-            "directory": str(tmp_path / "home"),
-            "store": f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}",
-            "flush_interval_s": 0.05,
-        },
-        "providers": {"oa": {"kind": "openai", "base_url": simulator.url + "/v1"}},
-        "models": [{"name": "gpt-4o-mini", "provider": "oa"}],
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    server = _gateway_through(proxy, simulator, database, tmp_path)
     ids = []
     try:
         with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
@@ -91,19 +80,7 @@ async def test_a_gateway_starts_and_serves_while_the_database_is_down(simulator,
     # A replica (re)started during a database outage must serve, not refuse to start: records wait
     # in the journal, and the dashboard says the call log is unavailable (503) until it is back.
     proxy = TcpProxy(5432, free_port())  # not up: connections are refused
-    config = {
-        "server": {"master_key": "sk-admin"},
-        "calllog": {
-            "directory": str(tmp_path / "home"),
-            "store": f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}",
-            "flush_interval_s": 0.05,
-        },
-        "providers": {"oa": {"kind": "openai", "base_url": simulator.url + "/v1"}},
-        "models": [{"name": "gpt-4o-mini", "provider": "oa"}],
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    server = _gateway_through(proxy, simulator, database, tmp_path, server={"master_key": "sk-admin"})
     admin = {"authorization": "Bearer sk-admin"}
     ids = []
     try:
@@ -138,6 +115,23 @@ async def test_a_gateway_starts_and_serves_while_the_database_is_down(simulator,
     assert len(ids) == 7
     log = server.log()  # (asyncpg logs its own tracebacks while it cannot refill its pool)
     assert "unexpected error" not in log and "Exception in ASGI application" not in log
+
+
+def _gateway_through(proxy: TcpProxy, simulator, database: str, tmp_path, **settings):
+    """A gateway whose call log's PostgreSQL is reached through ``proxy``."""
+    config = {
+        **settings,
+        "calllog": {
+            "directory": str(tmp_path / "home"),
+            "store": f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}",
+            "flush_interval_s": 0.05,
+        },
+        "providers": {"oa": {"kind": "openai", "base_url": simulator.url + "/v1"}},
+        "models": [{"name": "gpt-4o-mini", "provider": "oa"}],
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
 
 
 def _line(i: int, **fields) -> bytes:
