@@ -238,7 +238,6 @@ _CALL_FIELDS = frozenset(f.name for f in fields(CallRecord))
 _ATTEMPT_FIELDS = frozenset(f.name for f in fields(AttemptRecord))
 
 
-@functools.lru_cache(maxsize=4096)  # a gateway sees the same keys over and over: hash each once
 def status_filter(text: str) -> str:
     """``text`` as a filter on ``CallRecord.status`` ("error" matches every error), or ValueError:
     a misspelt status would otherwise match no call and read as "none of those"."""
@@ -253,6 +252,7 @@ def status_filter(text: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a gateway sees the same keys over and over: hash each once
 def key_id(presented: str | None) -> str | None:
     """A stable, non-reversible id for an API key: enough to group by, useless to an attacker."""
     if not presented:
