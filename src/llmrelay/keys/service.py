@@ -124,7 +124,8 @@ class KeyService:
             await self._open()
             record = await fetch()
         except PostgresUnavailable as exc:
-            if cached is not None:  # the database is down: the key as last seen, not an outage
+            if cached is not None:  # the database is down: the key as last seen, not an outage,
+                self._cache[name] = (now + self.ttl_s, cached[1])  # asked again after a TTL, not each call
                 return cached[1]
             raise StoreUnavailable(
                 "API keys cannot be checked right now (their database is unreachable); try again shortly.",
