@@ -248,6 +248,7 @@ class Ledger:
         self._flusher: asyncio.Task[None] | None = None
         self._periods = periods()
         self._seeded = False
+        self._down_since: float | None = None  # when the store being down was last logged
 
     async def start(self) -> None:
         # Down: what was spent before is added once the database is back (``flush`` tries first,
@@ -282,7 +283,7 @@ class Ledger:
             try:
                 await self._seed()
             except Exception as exc:  # still down: nothing is saved before the seed
-                log.warning("budgets: could not read saved spend (%s); retrying", exc)
+                self._store_down("could not read saved spend", exc)
                 return
         pending, self._pending = self._pending, {}
         if not pending:
@@ -292,7 +293,18 @@ class Ledger:
         except Exception as exc:  # the store is down: keep the deltas for the next round
             for k, v in pending.items():
                 self._pending[k] = self._pending.get(k, 0) + v
-            log.warning("budgets: could not save spend (%s); retrying", exc)
+            self._store_down("could not save spend", exc)
+            return
+        if self._down_since is not None:
+            log.warning("budgets: the key store is back; spend is saved again")
+            self._down_since = None
+
+    def _store_down(self, what: str, exc: Exception) -> None:
+        """Once a minute while the store is down, not every second the flusher tries."""
+        now = time.monotonic()
+        if self._down_since is None or now - self._down_since > _WARN_EVERY_S:
+            self._down_since = now
+            log.warning("budgets: %s (%s); retrying every second", what, exc)
 
     async def _flush_loop(self) -> None:
         while True:
