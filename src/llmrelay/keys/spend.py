@@ -248,7 +248,7 @@ class Ledger:
         self._flusher: asyncio.Task[None] | None = None
         self._periods = periods()
         self._seeded = False
-        self._down_since: float | None = None  # when the store being down was last logged
+        self._down_logged_at: float | None = None  # when the store being down was last logged
 
     async def start(self) -> None:
         # Down: what was spent before is added once the database is back (``flush`` tries first,
@@ -295,15 +295,15 @@ class Ledger:
                 self._pending[k] = self._pending.get(k, 0) + v
             self._store_down("could not save spend", exc)
             return
-        if self._down_since is not None:
+        if self._down_logged_at is not None:
             log.warning("budgets: the key store is back; spend is saved again")
-            self._down_since = None
+            self._down_logged_at = None
 
     def _store_down(self, what: str, exc: Exception) -> None:
         """Once a minute while the store is down, not every second the flusher tries."""
         now = time.monotonic()
-        if self._down_since is None or now - self._down_since > _WARN_EVERY_S:
-            self._down_since = now
+        if self._down_logged_at is None or now - self._down_logged_at > _WARN_EVERY_S:
+            self._down_logged_at = now
             log.warning("budgets: %s (%s); retrying every second", what, exc)
 
     async def _flush_loop(self) -> None:
