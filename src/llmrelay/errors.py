@@ -15,7 +15,7 @@
     ├── QueueTimeout                  503  overloaded_error    (code queue_timeout: waited max_wait_s for a deployment)
     │   └── QueueFull                 503  overloaded_error    (code queue_full: max_depth already waiting)
     ├── LimiterUnavailable            503  overloaded_error    (code rate_limiter_unavailable: Redis down, fail-closed)
-    ├── StoreUnavailable              503  overloaded_error    (code store_unavailable: PostgreSQL down; calllog_unavailable on the dashboard)
+    ├── StoreUnavailable              503  overloaded_error    (code store_unavailable: PostgreSQL down; calllog_unavailable, key_store_unavailable)
     ├── ClientDisconnected            499                      (the client left while queued; on record only)
     ├── GuardrailBlocked              400  invalid_request_error (code guardrail_<guard>, e.g. guardrail_injection)
     │   └── GuardrailOutputInvalid    502  api_error           (code guardrail_json: no valid answer after the re-ask)
