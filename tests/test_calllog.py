@@ -599,6 +599,56 @@ def _slice(pid: int, tid: str) -> int | None:
     return None
 
 
+async def test_bodies_follow_the_route_the_client_named(simulator, tmp_path):
+    # A support bot's transcripts kept in full for review, an internal tool's only in shape, and
+    # every other call (the default) without them.
+    config = calllog_gateway_config(simulator.url, tmp_path / "home", "calllog", bodies="none")
+    config["routes"] = [
+        {"name": "support", "tiers": [{"name": "small", "model": "gpt-4o-mini"}], "bodies": "full"},
+        {
+            "name": "internal",
+            "aliases": ["tools"],
+            "tiers": [{"name": "small", "model": "gpt-4o-mini"}],
+            "bodies": "redacted",
+        },
+        {"name": "plain", "tiers": [{"name": "small", "model": "gpt-4o-mini"}]},  # the default
+    ]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    ids = {}
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+            for model in ("support", "tools", "plain", "gpt-4o-mini"):
+                raw = client.chat.completions.with_raw_response.create(model=model, messages=HELLO)
+                ids[model] = raw.headers["x-llmrelay-request-id"]
+    finally:
+        stop_process(server)
+    records = {model: await recorded(tmp_path / "home", call_id) for model, call_id in ids.items()}
+    full = records["support"]
+    assert full.request_body["messages"][0]["content"] == "hello"
+    assert full.response_body["choices"][0]["message"]["content"] == "You said: hello"
+    assert records["tools"].request_body["messages"][0]["content"] == "<5 chars>"  # an alias counts
+    assert all(
+        records[m].request_body is None and records[m].response_body is None for m in ("plain", "gpt-4o-mini")
+    )
+
+
+def test_a_route_body_policy_is_one_of_the_three():
+    from llmrelay.config import Settings
+    from llmrelay.errors import ConfigError
+
+    route = {"name": "r", "tiers": [{"name": "small", "model": "m"}], "bodies": "everything"}
+    with pytest.raises(ConfigError, match="routes.0.bodies"):
+        Settings.from_dict(
+            {
+                "models": [{"name": "m", "provider": "p"}],
+                "providers": {"p": {"kind": "openai", "base_url": "http://x/v1"}},
+                "routes": [route],
+            }
+        )
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 async def test_the_writer_can_have_cpus_of_its_own(tmp_path):
     # On a machine with cores to spare, the writer on one the serving process is kept off

@@ -51,7 +51,7 @@ async def _ready(stage: CacheStage) -> CacheStage:
 
 
 STAGES: dict[str, StageFactory] = {
-    "record": lambda relay: Recorder(relay.catalog, relay.sinks, relay.settings.calllog.bodies),
+    "record": Recorder.from_relay,
     "route": RouteStage.from_relay,
     "limit": LimitStage.from_relay,
     "budget": BudgetStage.from_relay,

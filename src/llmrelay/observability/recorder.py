@@ -5,9 +5,9 @@ id, cost and gateway overhead on the response, and hands one ``CallRecord`` per 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import Catalog
 from ..errors import GatewayError
@@ -15,16 +15,31 @@ from ..pipeline import Call, Handler, Result, Stream, watch_stream
 from ..types import ChatResponse, Usage
 from .records import BodyPolicy, CallRecord
 
+if TYPE_CHECKING:
+    from ..relay import Relay
+
 log = logging.getLogger(__name__)
 
 Sink = Callable[[CallRecord], None]
 
 
 class Recorder:
-    def __init__(self, catalog: Catalog, sinks: Sequence[Sink] = (), bodies: BodyPolicy = "none") -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        sinks: Sequence[Sink] = (),
+        bodies: BodyPolicy = "none",
+        route_bodies: Mapping[str, BodyPolicy] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.sinks = tuple(sinks)
         self.bodies = bodies
+        self.route_bodies = dict(route_bodies or {})  # route name or alias -> its own policy
+
+    @classmethod
+    def from_relay(cls, relay: Relay) -> Recorder:
+        routes = {name: r.bodies for r in relay.settings.routes if r.bodies for name in r.names}
+        return cls(relay.catalog, relay.sinks, relay.settings.calllog.bodies, routes)
 
     async def __call__(self, call: Call, next: Handler) -> Result:
         call.response_headers["x-llmrelay-request-id"] = call.id
@@ -99,10 +114,11 @@ class Recorder:
             self._emit(call, response)
 
     def _emit(self, call: Call, response: ChatResponse | None) -> None:
+        bodies = self.route_bodies.get(call.requested_model, self.bodies)
         body: Any = None
-        if response is not None and self.bodies != "none":
+        if response is not None and bodies != "none":
             body = response.model_dump(exclude_none=True)
-        emit(self.sinks, CallRecord.from_call(call, bodies=self.bodies, response_body=body))
+        emit(self.sinks, CallRecord.from_call(call, bodies=bodies, response_body=body))
 
 
 def emit(sinks: Sequence[Sink], record: CallRecord) -> None:

@@ -169,6 +169,8 @@ class RouteSettings(_Settings):
     rules: tuple[RuleSettings, ...] = ()  # checked first, whatever the router
     default: str | None = None  # the `rules` router's tier when no rule matches; default: frontier
     experiment: ExperimentSettings | None = None
+    # Request and response bodies in this route's call records; None: calllog.bodies.
+    bodies: Literal["none", "redacted", "full"] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
