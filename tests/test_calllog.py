@@ -622,12 +622,19 @@ async def test_bodies_follow_the_route_the_client_named(simulator, tmp_path):
             for model in ("support", "tools", "plain", "gpt-4o-mini"):
                 raw = client.chat.completions.with_raw_response.create(model=model, messages=HELLO)
                 ids[model] = raw.headers["x-llmrelay-request-id"]
+            with client.chat.completions.with_streaming_response.create(
+                model="support", messages=HELLO, stream=True
+            ) as streamed:
+                ids["support streamed"] = streamed.headers["x-llmrelay-request-id"]
+                list(streamed.iter_lines())
     finally:
         stop_process(server)
     records = {model: await recorded(tmp_path / "home", call_id) for model, call_id in ids.items()}
     full = records["support"]
     assert full.request_body["messages"][0]["content"] == "hello"
     assert full.response_body["choices"][0]["message"]["content"] == "You said: hello"
+    streamed = records["support streamed"]  # a stream's body: the answer it added up to
+    assert streamed.stream and streamed.response_body["choices"][0]["message"]["content"] == "You said: hello"
     assert records["tools"].request_body["messages"][0]["content"] == "<5 chars>"  # an alias counts
     assert all(
         records[m].request_body is None and records[m].response_body is None for m in ("plain", "gpt-4o-mini")

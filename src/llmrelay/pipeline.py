@@ -89,16 +89,21 @@ class Call:
 
 
 async def watch_stream(
-    chunks: Stream, ended: Callable[[Usage | None, BaseException | None], Awaitable[None] | None]
+    chunks: Stream,
+    ended: Callable[[Usage | None, BaseException | None], Awaitable[None] | None],
+    each: Callable[[Chunk], None] | None = None,
 ) -> Stream:
     """``chunks`` unchanged; when the stream stops (finished, failed, or the client gone), calls
-    ``ended(last usage seen, the exception or None)``: how a stage settles what a stream spent."""
+    ``ended(last usage seen, the exception or None)``: how a stage settles what a stream spent.
+    ``each`` sees every chunk on its way (to keep what the stream adds up to)."""
     usage: Usage | None = None
     failure: BaseException | None = None
     try:
         async for chunk in chunks:
             if chunk.usage is not None:
                 usage = chunk.usage
+            if each is not None:
+                each(chunk)
             yield chunk
     except BaseException as exc:
         failure = exc

@@ -25,8 +25,8 @@ from ..catalog import Catalog
 from ..config import CachePolicy
 from ..errors import ConfigError, ModelNotFoundError
 from ..guardrails.policy import cache_scope
-from ..pipeline import Call, Handler, Result, Stream
-from ..types import ChatResponse
+from ..pipeline import Call, Handler, Result, Stream, watch_stream
+from ..types import ChatResponse, Usage
 from .backends import MemoryBackend, build_backend
 from .base import CacheBackend, SemanticIndex
 from .entries import Assembler, Entry, chunks_of
@@ -225,19 +225,16 @@ class CacheStage:
 
     # --- store -----------------------------------------------------------------------------------
 
-    async def _storing(self, call: Call, keys: Keys, policy: CachePolicy, chunks: Stream) -> Stream:
+    def _storing(self, call: Call, keys: Keys, policy: CachePolicy, chunks: Stream) -> Stream:
         """The stream, unchanged; once it has ended complete, its assembled answer is stored. An
         error or a client that leaves ends it early, and nothing is stored."""
         assembler = Assembler()
-        try:
-            async for chunk in chunks:
-                assembler.add(chunk)
-                yield chunk
-        finally:
-            await chunks.aclose()
-        response = assembler.response()
-        if response is not None:
-            await self._store(call, keys, policy, response)
+
+        def ended(usage: Usage | None, failure: BaseException | None) -> Awaitable[None] | None:
+            response = assembler.response() if failure is None else None
+            return self._store(call, keys, policy, response) if response is not None else None
+
+        return watch_stream(chunks, ended, each=assembler.add)
 
     async def _store(self, call: Call, keys: Keys, policy: CachePolicy, response: ChatResponse) -> None:
         if not _keepable(call, response):

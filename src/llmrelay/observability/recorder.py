@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ..cache.entries import Assembler
 from ..catalog import Catalog
 from ..errors import GatewayError
 from ..pipeline import Call, Handler, Result, Stream, watch_stream
@@ -61,15 +62,19 @@ class Recorder:
         return self._recorded(call, result)
 
     def _recorded(self, call: Call, chunks: Stream) -> Stream:
+        # Kept only when the record keeps bodies: the answer the stream added up to.
+        assembler = Assembler() if self._bodies(call) != "none" else None
+
         def ended(usage: Usage | None, failure: BaseException | None) -> None:
             if failure is None:
-                self._finish(call, usage=usage)
+                response = assembler.response() if assembler is not None else None
+                self._finish(call, usage=usage, response=response)
             elif isinstance(failure, GatewayError):
                 self._finish(call, usage=usage or failure.usage, error=failure)
             else:  # the client went away (GeneratorExit/CancelledError): still a call, and it cost money
                 self._finish(call, usage=usage, status="error:ClientDisconnected")
 
-        return watch_stream(chunks, ended)
+        return watch_stream(chunks, ended, each=assembler.add if assembler is not None else None)
 
     def _describe_model(self, call: Call, answering: int = 0) -> None:
         """``answering``: 1 while a stream's attempt is still going (recorded when it ends)."""
@@ -113,8 +118,11 @@ class Recorder:
         if self.sinks:
             self._emit(call, response)
 
+    def _bodies(self, call: Call) -> BodyPolicy:
+        return self.route_bodies.get(call.requested_model, self.bodies)
+
     def _emit(self, call: Call, response: ChatResponse | None) -> None:
-        bodies = self.route_bodies.get(call.requested_model, self.bodies)
+        bodies = self._bodies(call)
         body: Any = None
         if response is not None and bodies != "none":
             body = response.model_dump(exclude_none=True)
