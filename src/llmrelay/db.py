@@ -323,9 +323,13 @@ class PostgresDatabase(Database):
         try:
             conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
         except unreachable as exc:  # refused, timed out, starting up
-            raise PostgresUnavailable(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
+            raise PostgresUnavailable(
+                f"cannot connect to PostgreSQL at {where} ({self.label}): {exc}"
+            ) from exc
         except asyncpg.PostgresError as exc:  # a bad password, no such database
-            raise PostgresUnavailable(f"PostgreSQL at {where} refused us: {exc}", lasting=True) from exc
+            raise PostgresUnavailable(
+                f"PostgreSQL at {where} ({self.label}) refused us: {exc}", lasting=True
+            ) from exc
         try:
             applied = await apply_postgres(conn, self.migrations)
         finally:
@@ -344,7 +348,9 @@ class PostgresDatabase(Database):
                 server_settings=self.server_settings,
             )
         except unreachable as exc:
-            raise PostgresUnavailable(f"lost PostgreSQL at {where} while opening: {exc}") from exc
+            raise PostgresUnavailable(
+                f"lost PostgreSQL at {where} ({self.label}) while opening: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -362,7 +368,9 @@ class PostgresDatabase(Database):
             async with self._pool.acquire() as conn:
                 yield conn
         except unreachable_errors() as exc:
-            raise PostgresUnavailable(f"lost PostgreSQL at {dsn_host(self.dsn)}: {exc}") from exc
+            raise PostgresUnavailable(
+                f"lost PostgreSQL at {dsn_host(self.dsn)} ({self.label}): {exc}"
+            ) from exc
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self.connection() as conn:
@@ -457,7 +465,7 @@ def calllog_postgres(dsn: str, **options: Any) -> PostgresDatabase:
     """The call log's PostgreSQL database, migrated as the call store would."""
     from .observability.postgres_store import MIGRATIONS
 
-    return PostgresDatabase(dsn, migrations=MIGRATIONS, **options)
+    return PostgresDatabase(dsn, migrations=MIGRATIONS, **{"label": "calllog.store", **options})
 
 
 def calllog_database(url: str, directory: Path) -> Database:

@@ -179,7 +179,7 @@ class SqliteKeyStore(KeyStore):
 
 class PostgresKeyStore(KeyStore):
     def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
-        super().__init__(calllog_postgres(dsn, connect_timeout=connect_timeout, label="PostgresKeyStore"))
+        super().__init__(calllog_postgres(dsn, connect_timeout=connect_timeout))
 
 
 def open_key_store(url: str, directory: Path) -> KeyStore:

@@ -137,7 +137,7 @@ class PostgresCallStore:
             connect_timeout=connect_timeout,
             command_timeout=_COMMAND_TIMEOUT_S,
             init=_create_staging,  # each connection's staging tables copy the migrated tables
-            label="call store",
+            label="calllog.store",
         )
         # Days whose partitions are known to exist. Another replica's prune can drop one behind our
         # back: an insert that then finds no partition forgets the day and creates it again.
