@@ -48,18 +48,15 @@ class PostgresUnavailable(ConnectionError):
         self.lasting = lasting
 
 
-async def unless_down(step: Awaitable[Any], what: str, meanwhile: str) -> bool:
+async def unless_down(step: Awaitable[Any], what: str, meanwhile: str) -> None:
     """Await ``step`` (a store opening, at start-up); PostgreSQL down is one warning, not a failed
-    start: a replica restarted during an outage must serve. Refused (``lasting``) still raises.
-    Whether ``step`` ran."""
+    start: a replica restarted during an outage must serve. Refused (``lasting``) still raises."""
     try:
         await step
     except PostgresUnavailable as exc:
         if exc.lasting:
             raise
         log.warning("%s: %s; %s", what, exc, meanwhile)
-        return False
-    return True
 
 
 def unreachable_errors() -> tuple[type[BaseException], ...]:
