@@ -529,6 +529,19 @@ def test_request_to_wire(canonical: dict[str, Any], expected: dict[str, Any]) ->
     assert af.request_to_wire(request, "claude-upstream", stream=False) == expected
 
 
+def test_json_mode_with_thinking_is_asked_by_instruction_not_a_forced_tool() -> None:
+    body = {"model": "c", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000}
+    body |= {"response_format": {"type": "json_object"}}
+    assert af.request_to_wire(ChatRequest.model_validate(body), "up", stream=False)["tool_choice"] == {
+        "type": "tool",
+        "name": af.JSON_TOOL,
+    }
+    body["thinking"] = {"type": "enabled", "budget_tokens": 2048}
+    wire = af.request_to_wire(ChatRequest.model_validate(body), "up", stream=False)
+    assert "tools" not in wire and "tool_choice" not in wire and "JSON object" in wire["system"]
+    assert wire["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+
+
 def test_request_to_wire_stream_flag() -> None:
     request = ChatRequest.model_validate(
         {"model": "c", "messages": [{"role": "user", "content": "x"}], "stream": True}
@@ -688,7 +701,14 @@ PARSE_RESPONSE = [
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "Paris is the capital."},
+                    "message": {
+                        "role": "assistant",
+                        "content": "Paris is the capital.",
+                        "thinking_blocks": [
+                            {"type": "thinking", "thinking": "Let me think.", "signature": "sig"},
+                            {"type": "redacted_thinking", "data": "xyz"},
+                        ],
+                    },
                     "finish_reason": "stop",
                 }
             ],
@@ -701,7 +721,7 @@ PARSE_RESPONSE = [
                 "reasoning_tokens": 90,
             },
         },
-        id="text-blocks-joined-thinking-ignored-cache-usage",
+        id="text-blocks-joined-thinking-kept-cache-usage",
     ),
     pytest.param(
         {
@@ -1127,6 +1147,7 @@ PARSE_REQUEST = [
                 {
                     "role": "assistant",
                     "content": "Checking.",
+                    "thinking_blocks": [{"type": "thinking", "thinking": "Two cities.", "signature": "sig"}],
                     "tool_calls": [
                         {
                             "id": "toolu_A",
@@ -2081,7 +2102,8 @@ def test_round_trip_canonical_through_anthropic_wire(canonical: dict[str, Any]) 
 @pytest.mark.parametrize("body", [p.values[0] for p in PARSE_REQUEST])
 def test_round_trip_anthropic_wire_through_canonical(body: dict[str, Any]) -> None:
     """Anthropic -> canonical -> Anthropic -> canonical is stable: the second translation loses
-    nothing the first one kept (the first drops only what canonical form cannot hold, e.g. thinking)."""
+    nothing the first one kept (the first reshapes what canonical form holds differently, e.g. a tool
+    result's is_error flag becomes text)."""
     request = af.parse_request(body)
     again = af.request_to_wire(request, body["model"], stream=bool(request.stream))
     assert af.parse_request(again) == request
@@ -2098,9 +2120,9 @@ def test_round_trip_stream_decoder_then_encoder(name: str) -> None:
     assert [[name, data] for name, data in events] == golden["reencoded"]
     assert_sdk_accepts(events)
     # What an SDK client ends up with is the same message, minus what canonical form cannot carry
-    # (thinking blocks, which stop sequence matched, service tier).
+    # (which stop sequence matched, service tier).
     original, ours = sdk_final_message(golden["events"]), sdk_final_message(events)
-    assert ours.content == [block for block in original.content if block.type != "thinking"]
+    assert ours.content == original.content
     assert ours.stop_reason == {"stop_sequence": "end_turn"}.get(original.stop_reason, original.stop_reason)
     for field in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
         assert (getattr(ours.usage, field) or 0) == (getattr(original.usage, field) or 0), field
@@ -2261,3 +2283,93 @@ def test_json_tool_stream_becomes_content_deltas():
         "stop"
     ]
     assert chunks[-1].usage.completion_tokens == 4
+
+
+def test_redacted_and_plain_thinking_survive_a_stream_assembled_and_replayed() -> None:
+    """Decoded, assembled into one response (as the cache and the call log do), replayed as a
+    stream and encoded again: an SDK client ends up with the upstream's blocks, byte for byte."""
+    from llmrelay.cache.entries import Assembler, chunks_of
+
+    start = {"id": "msg_R", "type": "message", "role": "assistant", "content": [], "model": "c"}
+    start |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 1}}
+    events = [
+        ("message_start", {"type": "message_start", "message": start}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "redacted_thinking", "data": "ENCRYPTED"},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "thinking_delta", "thinking": "Two "},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "thinking_delta", "thinking": "steps."},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "signature_delta", "signature": "SIG"},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "Done."}},
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 2}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 30},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    decoder, assembler = af.StreamDecoder("c"), Assembler()
+    for event, data in events:
+        for c in decoder.feed(event, data):
+            assembler.add(c)
+    response = assembler.response()
+    assert response is not None
+    assert dump(response.choices[0].message)["thinking_blocks"] == [
+        {"type": "redacted_thinking", "data": "ENCRYPTED"},
+        {"type": "thinking", "thinking": "Two steps.", "signature": "SIG"},
+    ]
+    encoder = af.StreamEncoder()
+    replayed = [e for c in chunks_of(response) for e in encoder.encode(c)] + encoder.close()
+    assert_sdk_accepts(replayed)
+    assert sdk_final_message(replayed).content == sdk_final_message(events).content
+    assert af.response_to_wire(response)["content"][:2] == [
+        {"type": "redacted_thinking", "data": "ENCRYPTED"},
+        {"type": "thinking", "thinking": "Two steps.", "signature": "SIG"},
+    ]

@@ -263,6 +263,30 @@ def test_anthropic_sdk_stream_and_message_from_the_cache(aclient):
     assert raw.headers["x-llmrelay-cache"] == "hit" and raw.parse().content[0].text == texts[0]
 
 
+def test_thinking_is_kept_in_the_cache(aclient):
+    """A stream with thinking stored and served as a message, and the other way round: the blocks
+    come back whole, signature included (a later turn must send them back unchanged)."""
+    ask = {"model": "claude-haiku", "max_tokens": 2048, "extra_body": TEMPERATURE_0}
+    ask["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+    messages = unique("thinking")
+    with aclient.messages.stream(messages=messages, **ask) as s:
+        streamed = s.get_final_message()
+    raw = aclient.messages.with_raw_response.create(messages=messages, **ask)
+    assert raw.headers["x-llmrelay-cache"] == "hit" and blocks(raw.parse()) == blocks(streamed)
+    assert streamed.content[0].type == "thinking" and streamed.content[0].signature
+
+    messages = unique("thinking")
+    whole = aclient.messages.create(messages=messages, **ask)
+    with aclient.messages.stream(messages=messages, **ask) as s:
+        replayed = s.get_final_message()
+        assert s.response.headers["x-llmrelay-cache"] == "hit"
+    assert blocks(replayed) == blocks(whole) and whole.content[0].type == "thinking"
+
+
+def blocks(message) -> list[dict]:
+    return [{k: v for k, v in b.to_dict().items() if k != "parsed_output"} for b in message.content]
+
+
 def test_openai_and_anthropic_clients_share_an_entry(client, aclient):
     text = unique("either format")[0]["content"]
     headers, first = ask(client, [{"role": "user", "content": text}], max_tokens=100)

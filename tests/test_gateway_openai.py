@@ -174,3 +174,39 @@ def test_models_list(client):
     ids = [m.id for m in client.models.list()]
     assert ids[:3] == ["gpt-4o-mini", "claude-haiku", "text-only"]
     assert client.models.retrieve("claude-haiku").id == "claude-haiku"
+
+
+def test_thinking_through_the_openai_route(client):
+    """Extended thinking on an Anthropic model from the OpenAI SDK: ``thinking`` in extra_body, the
+    blocks back as the message's ``thinking_blocks`` (streamed as deltas of them), and sent back
+    with the assistant turn when the conversation goes on."""
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 1024}}
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    ask = {"model": "claude-haiku", "max_tokens": 2048, "tools": [WEATHER_TOOL], "extra_body": thinking}
+    first = client.chat.completions.create(messages=messages, **ask).choices[0].message
+    (block,) = first.model_extra["thinking_blocks"]
+    assert block["type"] == "thinking" and block["signature"] and first.tool_calls
+
+    pieces: dict[str, str] = {"thinking": "", "signature": ""}
+    for chunk in client.chat.completions.create(messages=messages, stream=True, **ask):
+        for delta in (
+            (chunk.choices[0].delta.model_extra or {}).get("thinking_blocks") or () if chunk.choices else ()
+        ):
+            for key in pieces:
+                pieces[key] += delta.get(key) or ""
+    assert pieces == {"thinking": block["thinking"], "signature": block["signature"]}
+
+    turn = first.model_dump(exclude_none=True)
+    result = {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "21 degrees"}
+    second = client.chat.completions.create(messages=[*messages, turn, result], **ask)
+    assert "21" in second.choices[0].message.content
+    turn["thinking_blocks"][0]["thinking"] += " (edited)"
+    with pytest.raises(openai.BadRequestError, match="signature"):
+        client.chat.completions.create(messages=[*messages, turn, result], **ask)
+
+    plain = (
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages, extra_body=thinking)
+        .choices[0]
+        .message
+    )
+    assert "thinking_blocks" not in (plain.model_extra or {})  # not sent to an OpenAI upstream

@@ -303,6 +303,28 @@ def test_a_streamed_answer_redacted_for_an_anthropic_client(claude):
     assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
 
 
+def test_thinking_passes_output_redaction_unchanged(claude):
+    """Documented (docs/guardrails.md): the text is redacted, thinking blocks are not (a changed
+    block fails its signature), and the conversation can go on with them."""
+    ask = {
+        "model": "claude-guarded",
+        "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    }
+    question = [{"role": "user", "content": "my card is 4111 1111 1111 1111"}]
+    with claude.messages.stream(messages=question, **ask) as stream:
+        final = stream.get_final_message()
+    thinking, text = final.content
+    assert text.text == "You said: my card is [CREDIT_CARD REDACTED]"
+    assert thinking.type == "thinking" and "4111 1111 1111 1111" in thinking.thinking
+    follow_up = [
+        *question,
+        {"role": "assistant", "content": [b.to_dict() for b in final.content]},
+        {"role": "user", "content": "thanks"},
+    ]
+    assert claude.messages.create(messages=follow_up, **ask).content[-1].text == "You said: thanks"
+
+
 def test_the_cache_keeps_the_redacted_answer(client):
     """guard_output sits inside the cache: a hit serves what was checked, never the raw answer."""
     content = f"{PII} (cache)"

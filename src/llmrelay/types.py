@@ -73,6 +73,17 @@ class ToolCall(_Model):
     function: FunctionCall
 
 
+class ThinkingBlock(_Model):
+    """One block of a model's extended thinking (Anthropic): its text and the signature the provider
+    checks when the block is sent back in a later turn, or a ``redacted_thinking`` block's
+    encrypted ``data``. Carried as given, never altered: a changed block fails its signature."""
+
+    type: Literal["thinking", "redacted_thinking"] = "thinking"
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
+
+
 class Message(_Model):
     role: Role
     content: str | list[ContentPart] | None = Field(default=None, validate_default=True)
@@ -80,6 +91,7 @@ class Message(_Model):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    thinking_blocks: list[ThinkingBlock] | None = None  # an assistant turn's thinking, in order
 
     @field_validator("content")
     @classmethod
@@ -141,6 +153,15 @@ class StreamOptions(_Model):
     include_usage: bool | None = None
 
 
+class ThinkingConfig(BaseModel):
+    """Anthropic's ``thinking`` option (``{"type": "enabled", "budget_tokens": 2048}``), checked for
+    shape only: which types and budgets a model takes is the provider's to say."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+    budget_tokens: int | None = Field(default=None, ge=1, strict=True)
+
+
 # --- request ----------------------------------------------------------------------------------
 
 
@@ -168,6 +189,7 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    thinking: ThinkingConfig | None = None  # extended thinking: Anthropic upstreams only
 
     @field_validator("tool_choice")
     @classmethod
@@ -194,6 +216,11 @@ class ChatRequest(BaseModel):
     def output_limit(self) -> int | None:
         """The output-token cap the client asked for, whichever field it used."""
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def thinks(self) -> bool:
+        """Extended thinking is asked for (a ``thinking`` of any type but "disabled")."""
+        return self.thinking is not None and self.thinking.type != "disabled"
 
     @property
     def stop_list(self) -> list[str]:
@@ -247,11 +274,27 @@ class ToolCallDelta(_Model):
     function: dict[str, str] | None = None  # {"name"?: ..., "arguments"?: partial JSON}
 
 
+class ThinkingDelta(_Model):
+    """A piece of thinking block ``index``: its type when it opens, then text and signature pieces."""
+
+    index: int
+    type: Literal["thinking", "redacted_thinking"] | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
+
+
 class Delta(_Model):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     refusal: str | None = None
+    thinking_blocks: list[ThinkingDelta] | None = None
+
+    @property
+    def has_output(self) -> bool:
+        """Some of the answer (text, a tool call, a refusal, thinking), not only the role."""
+        return bool(self.content or self.tool_calls or self.refusal or self.thinking_blocks)
 
 
 class ChunkChoice(_Model):

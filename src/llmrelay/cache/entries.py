@@ -12,7 +12,19 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ..types import ChatResponse, Choice, Chunk, ChunkChoice, Delta, Message, ToolCall, ToolCallDelta, Usage
+from ..types import (
+    ChatResponse,
+    Choice,
+    Chunk,
+    ChunkChoice,
+    Delta,
+    Message,
+    ThinkingBlock,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 FORMAT = 1  # the layout of the bytes below; an entry of another layout reads as a miss
 
@@ -58,8 +70,8 @@ class Entry:
 
 
 def chunks_of(response: ChatResponse) -> list[Chunk]:
-    """``response`` as a canonical stream: per choice its role, its text, each tool call whole
-    (id, name, arguments), its finish reason; then one usage chunk."""
+    """``response`` as a canonical stream: per choice its role, each thinking block whole, its text,
+    each tool call whole (id, name, arguments), its finish reason; then one usage chunk."""
 
     def chunk(index: int, delta: Delta, finish: Any = None) -> Chunk:
         choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
@@ -69,6 +81,9 @@ def chunks_of(response: ChatResponse) -> list[Chunk]:
     for choice in response.choices:
         message, i = choice.message, choice.index
         out.append(chunk(i, Delta(role="assistant")))
+        for n, block in enumerate(message.thinking_blocks or ()):
+            whole = ThinkingDelta(index=n, **block.model_dump())
+            out.append(chunk(i, Delta(thinking_blocks=[whole])))
         if text := message.text():
             out.append(chunk(i, Delta(content=text)))
         if message.refusal:
@@ -87,6 +102,7 @@ class _Choice:
     text: list[str]
     refusal: list[str]
     calls: dict[int, dict[str, Any]]  # tool-call index -> id, name, argument pieces
+    thinking: dict[int, dict[str, Any]]  # thinking index -> type, text pieces, signature, data
     finish: Any = None
 
 
@@ -107,12 +123,19 @@ class Assembler:
         for c in chunk.choices:
             choice = self._choices.get(c.index)
             if choice is None:
-                choice = self._choices[c.index] = _Choice([], [], {})
+                choice = self._choices[c.index] = _Choice([], [], {}, {})
             delta = c.delta
             if delta.content:
                 choice.text.append(delta.content)
             if delta.refusal:
                 choice.refusal.append(delta.refusal)
+            for piece in delta.thinking_blocks or ():
+                block = choice.thinking.setdefault(piece.index, {"type": "thinking", "thinking": []})
+                block["type"] = piece.type or block["type"]
+                block["thinking"].append(piece.thinking or "")
+                for key in ("signature", "data"):  # whole values, not pieces (Anthropic sends one)
+                    if getattr(piece, key) is not None:
+                        block[key] = getattr(piece, key)
             for call in delta.tool_calls or ():
                 slot = choice.calls.setdefault(call.index, {"id": None, "name": "", "arguments": []})
                 function = call.function or {}
@@ -145,10 +168,17 @@ def _message(choice: _Choice) -> Message:
         ToolCall(id=slot["id"], function={"name": slot["name"], "arguments": "".join(slot["arguments"])})
         for _, slot in sorted(choice.calls.items())
     ]
+    thinking = [
+        ThinkingBlock(
+            **{**block, "thinking": "".join(block["thinking"]) if block["type"] == "thinking" else None}
+        )
+        for _, block in sorted(choice.thinking.items())
+    ]
     text = "".join(choice.text)
     return Message(
         role="assistant",
         content=None if calls and not text else text,
         tool_calls=calls or None,
         refusal="".join(choice.refusal) or None,
+        thinking_blocks=thinking or None,
     )

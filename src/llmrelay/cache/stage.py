@@ -288,7 +288,7 @@ def _mark(call: Call, status: str) -> None:
 
 async def _replay(call: Call, response: ChatResponse) -> Stream:
     for chunk in chunks_of(response):
-        if call.ttft_ms is None and any(c.delta.content or c.delta.tool_calls for c in chunk.choices):
+        if call.ttft_ms is None and any(c.delta.has_output for c in chunk.choices):
             call.ttft_ms = call.elapsed_ms()
         yield chunk
 

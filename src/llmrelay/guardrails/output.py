@@ -252,6 +252,6 @@ async def _replay(call: Call, response: ChatResponse) -> Stream:
     """A checked answer as a stream; its first token is timed as the client sees it."""
     call.ttft_ms = None
     for chunk in chunks_of(response):
-        if call.ttft_ms is None and any(c.delta.content or c.delta.tool_calls for c in chunk.choices):
+        if call.ttft_ms is None and any(c.delta.has_output for c in chunk.choices):
             call.ttft_ms = call.elapsed_ms()
         yield chunk

@@ -114,4 +114,4 @@ async def redacted_stream(
 
 
 def _empty(delta: Delta) -> bool:
-    return not (delta.content or delta.role or delta.tool_calls or delta.refusal)
+    return not (delta.role or delta.has_output)

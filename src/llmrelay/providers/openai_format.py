@@ -47,9 +47,14 @@ def check_metadata(value: Any) -> dict[str, str] | None:
     return value
 
 
+# Extended thinking is Anthropic's: OpenAI rejects the option, and thinking blocks in history mean
+# nothing to another model (and would be refused as unknown fields).
+_NOT_FOR_OPENAI: Any = {"thinking": True, "messages": {"__all__": {"thinking_blocks"}}}
+
+
 def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
     """ChatRequest -> the body we send to an OpenAI-compatible upstream."""
-    body = request.model_dump(exclude_none=True, by_alias=True)
+    body = request.model_dump(exclude_none=True, by_alias=True, exclude=_NOT_FOR_OPENAI)
     body["model"] = upstream_model
     if stream:
         body["stream"] = True

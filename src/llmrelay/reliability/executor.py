@@ -245,7 +245,7 @@ class Executor:
 
     @staticmethod
     def _first_token(call: Call, chunk: Chunk) -> None:
-        if call.ttft_ms is None and any(c.delta.content or c.delta.tool_calls for c in chunk.choices):
+        if call.ttft_ms is None and any(c.delta.has_output for c in chunk.choices):
             call.ttft_ms = call.elapsed_ms()
 
     def _answered(self, call: Call, deployment: Deployment) -> None:
@@ -279,13 +279,11 @@ def _attempt(
 
 
 async def _prime(chunks: Stream) -> list[Chunk]:
-    """Chunks up to and including the first that commits the answer (content, tool call, finish,
+    """Chunks up to and including the first that commits the answer (any output, a finish,
     usage); an empty list if the stream ends first."""
     primed: list[Chunk] = []
     async for chunk in chunks:
         primed.append(chunk)
-        if chunk.usage is not None or any(
-            c.delta.content or c.delta.tool_calls or c.finish_reason for c in chunk.choices
-        ):
+        if chunk.usage is not None or any(c.delta.has_output or c.finish_reason for c in chunk.choices):
             break
     return primed

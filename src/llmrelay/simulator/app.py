@@ -20,8 +20,8 @@ from ..errors import (
     NotFoundError,
 )
 from ..tokens import count_messages, count_text
-from ..types import ChatRequest, Usage
-from . import extras
+from ..types import ChatRequest, ThinkingBlock, Usage
+from . import extras, thinking
 from .answer import Answer, decide, limit
 from .batches import SimulatorBatches
 from .caching import OPENAI_MIN, CacheResult, PromptCache
@@ -141,6 +141,8 @@ class SimulatorApp:
     async def _chat(self, ex: Exchange, wire: Wire) -> None:
         body = await ex.json(self.settings.max_body_bytes)
         request = light_request(body) if self.fixed is not None else wire.dialect.parse(body)
+        if self.fixed is None:
+            thinking.check(request, anthropic=wire is ANTHROPIC)
         profile = self.settings.profile_for(request.model)
         fault = self.faults.pick(ex.headers.get(FAULT_HEADER), profile.faults)
         if fault == "stall" and not request.stream:
@@ -205,7 +207,8 @@ class SimulatorApp:
         self, ex: Exchange, wire: Wire, request: ChatRequest, body: dict[str, Any]
     ) -> tuple[bytes | RenderedStream, int]:
         answer = limit(decide(request, self.rules, ex.headers.get(REPLY_HEADER)), request)
-        usage = self._usage(request, wire, answer, body)
+        thought = thinking.thinking_for(request, answer.text or "") if wire is ANTHROPIC else None
+        usage = self._usage(request, wire, answer, body, thought)
         n = next(self._ids)
         response = build_response(
             request,
@@ -214,18 +217,28 @@ class SimulatorApp:
             response_id=f"{wire.id_prefix}{n:012d}",
             tool_id=f"{wire.tool_id_prefix}{n:012d}",
             created=int(time.time()),
+            thinking=thought,
         )
         if request.stream:
             return wire.render_stream(request, response), usage.completion_tokens
         return orjson.dumps(wire.dialect.render(response)), usage.completion_tokens
 
-    def _usage(self, request: ChatRequest, wire: Wire, answer: Answer, body: dict[str, Any]) -> Usage:
+    def _usage(
+        self,
+        request: ChatRequest,
+        wire: Wire,
+        answer: Answer,
+        body: dict[str, Any],
+        thought: ThinkingBlock | None = None,
+    ) -> Usage:
         model = request.model
         prompt = count_messages(request.messages, model) + _tool_tokens(request)
         if answer.tool_name is not None:
             completion = count_text(answer.tool_name, model) + count_text(answer.tool_arguments or "", model)
         else:
             completion = count_text(answer.text or "", model)
+        if thought is not None:  # thinking is billed as output, as Anthropic does
+            completion += count_text(thought.thinking or "", model)
         cache = CacheResult()
         if wire is ANTHROPIC:
             cache = self.cache.anthropic(body)  # on the wire body: breakpoints sit on its blocks

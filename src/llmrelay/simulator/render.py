@@ -26,6 +26,8 @@ from ..types import (
     Delta,
     FunctionCall,
     Message,
+    ThinkingBlock,
+    ThinkingDelta,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -36,13 +38,21 @@ TOKENS_PER_CHUNK = 3
 
 
 def build_response(
-    request: ChatRequest, answer: Answer, usage: Usage, *, response_id: str, tool_id: str, created: int
+    request: ChatRequest,
+    answer: Answer,
+    usage: Usage,
+    *,
+    response_id: str,
+    tool_id: str,
+    created: int,
+    thinking: ThinkingBlock | None = None,
 ) -> ChatResponse:
     calls = None
     if answer.tool_name is not None:
         function = FunctionCall(name=answer.tool_name, arguments=answer.tool_arguments or "{}")
         calls = [ToolCall(id=tool_id, function=function)]
-    message = Message(role="assistant", content=answer.text, tool_calls=calls)
+    blocks = [thinking] if thinking is not None else None
+    message = Message(role="assistant", content=answer.text, tool_calls=calls, thinking_blocks=blocks)
     return ChatResponse(
         id=response_id,
         created=created,
@@ -86,6 +96,14 @@ def plan_chunks(response: ChatResponse) -> list[tuple[Chunk, int]]:
         )
 
     out = [(chunk(Delta(role="assistant", content="" if message.tool_calls is None else None)), 0)]
+    for index, block in enumerate(message.thinking_blocks or ()):
+        opening = ThinkingDelta(index=index, type=block.type, data=block.data)
+        out.append((chunk(Delta(thinking_blocks=[opening])), 0))
+        for piece, n in split_tokens(block.thinking or "", response.model):
+            out.append((chunk(Delta(thinking_blocks=[ThinkingDelta(index=index, thinking=piece)])), n))
+        if block.signature:
+            closing = ThinkingDelta(index=index, signature=block.signature)
+            out.append((chunk(Delta(thinking_blocks=[closing])), 0))
     out += [(chunk(Delta(content=piece)), n) for piece, n in split_tokens(message.text(), response.model)]
     for index, call in enumerate(message.tool_calls or ()):
         head = {"name": call.function.name, "arguments": ""}

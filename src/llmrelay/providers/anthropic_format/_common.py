@@ -14,6 +14,7 @@ from typing import Any
 from ...errors import InvalidRequestError
 from ...types import (
     FinishReason,
+    ThinkingBlock,
     Usage,
 )
 
@@ -112,3 +113,20 @@ def _message_id(response_id: str) -> str:
     if response_id.startswith("msg_"):
         return response_id
     return "msg_" + response_id if response_id else _new_id("msg_")
+
+
+def thinking_to_wire(block: ThinkingBlock) -> dict[str, Any]:
+    return block.model_dump(exclude_none=True)
+
+
+def thinking_from_wire(block: dict[str, Any], at: str | None = None) -> ThinkingBlock:
+    """A thinking block, kept whole: the provider checks its signature when it comes back. ``at``:
+    a client's block (a missing field is a 400 there); else an upstream's (extra fields it may add
+    later are left out)."""
+    needs = ("thinking", "signature") if block["type"] == "thinking" else ("data",)
+    for key in needs:
+        if not isinstance(block.get(key), str):
+            if at is not None:
+                raise _invalid(f"{at}.{key}", "Field required")
+            raise KeyError(key)
+    return ThinkingBlock(type=block["type"], **{k: block[k] for k in needs})

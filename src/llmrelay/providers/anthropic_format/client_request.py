@@ -15,19 +15,15 @@ from ...types import (
     Message,
     OtherPart,
     TextPart,
+    ThinkingBlock,
     ToolCall,
 )
-from ._common import _PASSTHROUGH_BLOCKS, _dump_json, _invalid
+from ._common import _PASSTHROUGH_BLOCKS, _dump_json, _invalid, thinking_from_wire
 
 # === client edge: Anthropic request -> canonical ==============================================
 
 
 _M = TypeVar("_M", bound=BaseModel)
-
-
-# Thinking blocks echoed back in assistant history: canonical form has no slot for them, and we
-# never produce them, so they are dropped rather than rejected.
-_IGNORED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
 def parse_request(body: Any) -> ChatRequest:
@@ -45,6 +41,8 @@ def parse_request(body: Any) -> ChatRequest:
         "max_tokens": body["max_tokens"],
         **_options_from_wire(body),
     }
+    if body.get("thinking") is not None:
+        canonical["thinking"] = body["thinking"]
     if body.get("tools") is not None:
         canonical["tools"] = _tools_from_wire(body["tools"])
     if body.get("tool_choice") is not None:
@@ -143,15 +141,21 @@ def _user_from_wire(blocks: list[dict[str, Any]], where: str) -> list[Message]:
 def _assistant_from_wire(blocks: list[dict[str, Any]], where: str) -> Message:
     parts: list[ContentPart] = []
     calls: list[ToolCall] = []
+    thinking: list[ThinkingBlock] = []
     for j, block in enumerate(blocks):
         at = f"{where}.content.{j}"
         if block["type"] == "tool_use":
             calls.append(_tool_call_from_wire(block, at))
-        elif block["type"] not in _IGNORED_BLOCKS:
+        elif block["type"] in ("thinking", "redacted_thinking"):
+            thinking.append(thinking_from_wire(block, at))
+        else:
             parts.append(_part_from_wire(block, at, {"text"}))
     content = _collapse(parts)
     return Message(
-        role="assistant", content=None if calls and content == "" else content, tool_calls=calls or None
+        role="assistant",
+        content=None if calls and content == "" else content,
+        tool_calls=calls or None,
+        thinking_blocks=thinking or None,
     )
 
 

@@ -17,7 +17,16 @@ from ...types import (
     ToolCall,
 )
 from . import _common
-from ._common import _dump_json, _finish_reason, _message_id, _stop_reason, _usage_from_wire, _usage_to_wire
+from ._common import (
+    _dump_json,
+    _finish_reason,
+    _message_id,
+    _stop_reason,
+    _usage_from_wire,
+    _usage_to_wire,
+    thinking_from_wire,
+    thinking_to_wire,
+)
 from .errors import _error_from_wire
 from .upstream_request import JSON_TOOL
 
@@ -48,9 +57,13 @@ def parse_response(body: Any, model: str, *, json_tool: bool = False) -> ChatRes
             for b in blocks
             if b["type"] == "tool_use"
         ]
-        # thinking, server-tool and other blocks have no canonical form and are dropped.
+        thinking = [thinking_from_wire(b) for b in blocks if b["type"] in ("thinking", "redacted_thinking")]
+        # server-tool and other blocks have no canonical form and are dropped.
         message = Message(
-            role="assistant", content=text if text or not calls else None, tool_calls=calls or None
+            role="assistant",
+            content=text if text or not calls else None,
+            tool_calls=calls or None,
+            thinking_blocks=thinking or None,
         )
         return ChatResponse(
             id=body["id"],
@@ -69,7 +82,7 @@ def response_to_wire(response: ChatResponse) -> dict[str, Any]:
     """ChatResponse -> a Messages response body for an Anthropic client."""
     choice = response.choices[0] if response.choices else Choice(message=Message(role="assistant"))
     message = choice.message
-    content: list[dict[str, Any]] = []
+    content = [thinking_to_wire(b) for b in message.thinking_blocks or ()]
     text = message.text() or message.refusal
     if text:
         content.append({"type": "text", "text": text})

@@ -13,6 +13,7 @@ from ...types import (
     ChunkChoice,
     Delta,
     FinishReason,
+    ThinkingDelta,
     ToolCallDelta,
     Usage,
 )
@@ -43,6 +44,7 @@ class StreamDecoder:
         self._created = _common._now()
         self._usage: dict[str, Any] = {}  # cumulative Anthropic usage, merged from start and delta
         self._tool_index: dict[int, int] = {}  # Anthropic block index -> canonical tool-call index
+        self._thinking_index: dict[int, int] = {}  # Anthropic block index -> canonical thinking index
         self._complete = False
 
     def feed(self, event: str | None, data: Any) -> list[Chunk]:
@@ -97,7 +99,17 @@ class StreamDecoder:
             ]
         if block["type"] == "text" and block.get("text"):
             return [self._chunk(Delta(content=block["text"]))]
-        return []  # thinking and server-tool blocks have no canonical form
+        if block["type"] in ("thinking", "redacted_thinking"):
+            index = self._thinking_index[data["index"]] = len(self._thinking_index)
+            opening = ThinkingDelta(
+                index=index,
+                type=block["type"],
+                thinking=block.get("thinking") or None,
+                signature=block.get("signature") or None,
+                data=block.get("data"),
+            )
+            return [self._chunk(Delta(thinking_blocks=[opening]))]
+        return []  # server-tool blocks have no canonical form
 
     def _on_block_delta(self, data: dict[str, Any]) -> list[Chunk]:
         delta = data["delta"]
@@ -114,7 +126,11 @@ class StreamDecoder:
                 index=self._tool_index[data["index"]], function={"arguments": delta["partial_json"]}
             )
             return [self._chunk(Delta(tool_calls=[call]))]
-        return []  # thinking, signature and citation deltas
+        if delta["type"] in ("thinking_delta", "signature_delta") and data["index"] in self._thinking_index:
+            key = delta["type"].removesuffix("_delta")
+            piece = ThinkingDelta(index=self._thinking_index[data["index"]], **{key: delta[key]})
+            return [self._chunk(Delta(thinking_blocks=[piece]))]
+        return []  # citation deltas
 
     def _on_message_delta(self, data: dict[str, Any]) -> list[Chunk]:
         self._merge_usage(data.get("usage"))
@@ -160,6 +176,7 @@ class StreamEncoder:
         self._block_is_text = False
         self._next_block = 0
         self._tool_blocks: dict[int, int] = {}  # canonical tool-call index -> block index
+        self._thinking_blocks: dict[int, int] = {}  # canonical thinking index -> block index
         self._finish_reason: str | None = None
         self._usage: Usage | None = None
 
@@ -170,6 +187,8 @@ class StreamEncoder:
         for choice in chunk.choices:
             if choice.index != 0:
                 continue  # Anthropic has no n > 1
+            for piece in choice.delta.thinking_blocks or ():
+                events += self._thinking(piece)
             events += self._text(choice.delta)
             for call in choice.delta.tool_calls or ():
                 events += self._tool_call(call)
@@ -228,6 +247,21 @@ class StreamEncoder:
         if function.get("arguments"):
             json_delta = {"type": "input_json_delta", "partial_json": function["arguments"]}
             events.append(_block_delta(self._tool_blocks[call.index], json_delta))
+        return events
+
+    def _thinking(self, piece: ThinkingDelta) -> list[Event]:
+        events: list[Event] = []
+        if piece.index not in self._thinking_blocks:
+            if piece.type == "redacted_thinking":
+                events = self._open({"type": "redacted_thinking", "data": piece.data or ""})
+            else:
+                events = self._open({"type": "thinking", "thinking": "", "signature": ""})
+            self._thinking_blocks[piece.index] = self._next_block - 1
+        block = self._thinking_blocks[piece.index]
+        if piece.thinking:
+            events.append(_block_delta(block, {"type": "thinking_delta", "thinking": piece.thinking}))
+        if piece.signature:
+            events.append(_block_delta(block, {"type": "signature_delta", "signature": piece.signature}))
         return events
 
     def _open(self, block: dict[str, Any]) -> list[Event]:

@@ -17,7 +17,7 @@ from ...types import (
     ToolCall,
     ToolChoice,
 )
-from ._common import _PASSTHROUGH_BLOCKS, _dump_json, _invalid
+from ._common import _PASSTHROUGH_BLOCKS, _dump_json, _invalid, thinking_to_wire
 
 # === upstream edge: canonical request -> Anthropic ============================================
 
@@ -35,8 +35,8 @@ def uses_json_tool(request: ChatRequest) -> bool:
     the wanted object: the model then must produce JSON (and for json_schema, that schema's shape).
     The tool's input comes back to the client as the message text."""
     fmt = request.response_format
-    if fmt is None or fmt.type == "text" or request.tools:
-        return False
+    if fmt is None or fmt.type == "text" or request.tools or request.thinks:
+        return False  # Anthropic refuses a forced tool while the model thinks: the instruction, then
     schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
     return schema is None or schema.get("type") == "object"
 
@@ -77,6 +77,8 @@ def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) 
         body["top_k"] = top_k
     if request.user:
         body["metadata"] = {"user_id": request.user}
+    if request.thinking is not None:
+        body["thinking"] = request.thinking.model_dump(exclude_none=True)
     if stream:
         body["stream"] = True
     return body
@@ -157,6 +159,9 @@ def _message_to_wire(message: Message, where: str) -> dict[str, Any]:
     if message.role == "assistant" and message.tool_calls:
         calls = [_tool_use_to_wire(c, f"{where}.tool_calls.{j}") for j, c in enumerate(message.tool_calls)]
         content = _as_blocks(content) + calls
+    if message.role == "assistant" and message.thinking_blocks:
+        # Thinking goes first in the turn, as the model wrote it (Anthropic checks the order).
+        content = [thinking_to_wire(b) for b in message.thinking_blocks] + _as_blocks(content)
     return {"role": message.role, "content": content}
 
 
