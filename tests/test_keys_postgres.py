@@ -155,3 +155,30 @@ async def test_a_database_down_at_start_is_not_an_outage(database) -> None:  # n
         await ledger.aclose()
         await store.close()
         proxy.close()
+
+
+async def test_admin_operations_after_a_start_without_the_database(database) -> None:  # noqa: F811
+    """Started while PostgreSQL was down, the first thing done once it is back is an admin one:
+    it sees the config's keys (the store is opened and seeded first), not an empty store."""
+    schema = f"k_{uuid.uuid4().hex[:12]}"
+    await query(database, f"CREATE SCHEMA {schema}")
+    proxy = TcpProxy(5432, free_port())  # not up yet: refused
+    dsn = with_query(database, search_path=schema).replace(":5432/", f":{proxy.port}/")
+    demo = KeyConfig(id="key_demo", secret="sk-llmrelay-demo-limited", owner="demo")
+    settings = {"server": {"master_key": "sk-master-0123456789"}, "keys": [demo.model_dump()]}
+    for operation in ("revoke", "list"):
+        store = PostgresKeyStore(dsn)
+        keys = KeyService(Settings.from_dict(settings), store)
+        try:
+            proxy.down()
+            await keys.start()
+            proxy.up()
+            if operation == "revoke":
+                revoked = await keys.revoke("key_demo")
+                assert revoked is not None and not revoked.active
+            else:
+                store = await keys.opened_store()
+                assert [r.key.id for r in await store.list_keys(include_revoked=True)] == ["key_demo"]
+        finally:
+            await store.close()
+    proxy.close()

@@ -98,17 +98,19 @@ class KeysAdmin:
     async def _list(self, scope: Scope, send: Send) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         include = (query.get("all") or ["false"])[-1].lower() in ("1", "true", "yes")
-        records = await self.relay.keys.store.list_keys(include_revoked=include)
+        store = await self.relay.keys.opened_store()
+        records = await store.list_keys(include_revoked=include)
         await send_json(send, 200, {"object": "list", "data": [r.public() for r in records]})
 
     async def _get(self, key_id: str, send: Send) -> None:
-        record = _found(await self.relay.keys.store.get(key_id), key_id)
+        store = await self.relay.keys.opened_store()
+        record = _found(await store.get(key_id), key_id)
         await send_json(send, 200, {**record.public(), "spend": await self._spend(key_id)})
 
     async def _rotate(self, key_id: str, send: Send) -> None:
         rotated = await self.relay.keys.rotate(key_id)
         if rotated is None:
-            record = _found(await self.relay.keys.store.get(key_id), key_id)
+            record = _found(await self.relay.keys.store.get(key_id), key_id)  # opened by rotate
             raise InvalidRequestError(f"Key {record.key.id} is revoked; a revoked key cannot be rotated.")
         record, secret = rotated
         await send_json(send, 200, {**record.public(), "key": secret})

@@ -52,6 +52,12 @@ class KeyService:
         await unless_down(self._open(), "keys", "the master key works, virtual keys once it is back")
         return self
 
+    async def opened_store(self) -> KeyStore:
+        """The key store, opened and seeded first if the database was down at start (a store read
+        before that would miss the config's keys)."""
+        await self._open()
+        return self.store
+
     async def _open(self) -> None:
         if self._opened:
             return
@@ -158,12 +164,14 @@ class KeyService:
         return record, secret
 
     async def rotate(self, key_id: str) -> tuple[KeyRecord, str] | None:
+        await self._open()
         secret = new_secret()
         record = await self.store.rotate(key_id, secret_hash(secret), hint(secret))
         self.forget(key_id)
         return (record, secret) if record is not None else None
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
+        await self._open()
         record = await self.store.revoke(key_id)
         self.forget(key_id)
         return record
