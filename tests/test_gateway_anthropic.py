@@ -225,3 +225,28 @@ def test_thinking_is_not_sent_to_an_openai_upstream(client):
         model="gpt-4o-mini", max_tokens=2048, thinking=THINKING, messages=[{"role": "user", "content": "hi"}]
     )
     assert [b.type for b in message.content] == ["text"]
+
+
+# --- count_tokens -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_count_tokens_matches_what_a_call_is_billed(client, model):
+    """Anthropic's count comes from the upstream's own count_tokens; an OpenAI-served model's from
+    llmrelay's tokenizer. Either way it is the input a call with that body is charged for."""
+    ask = {
+        "model": model,
+        "system": "Be brief.",
+        "tools": [WEATHER_TOOL],
+        "messages": [{"role": "user", "content": "How warm is it in Lisbon today, roughly?"}],
+    }
+    counted = client.messages.count_tokens(**ask).input_tokens
+    billed = client.messages.create(max_tokens=100, **ask).usage.input_tokens
+    assert counted == billed > 20
+
+
+def test_count_tokens_refuses_what_messages_refuses(client):
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError, match="messages"):
+        client.messages.count_tokens(model="claude-haiku", messages=[])

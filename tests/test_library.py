@@ -60,3 +60,30 @@ def test_sync_facade(config):
             if c.choices
         )
         assert text == "You said: sync stream"
+
+
+async def test_count_tokens_asks_an_anthropic_upstream_and_counts_the_rest_itself(config):
+    """Behind a route, the frontier tier's model counts; an Anthropic model's count is its
+    upstream's (unreachable here: the error says so), an OpenAI-served one's is our tokenizer's."""
+    from llmrelay.errors import UpstreamConnectionError
+
+    from .conftest import free_port
+
+    config["providers"]["gone-anthropic"] = {
+        "kind": "anthropic",
+        "base_url": f"http://127.0.0.1:{free_port()}",
+    }
+    config["models"].append({"name": "claude-gone", "provider": "gone-anthropic", "upstream": "claude-x"})
+    config["routes"] = [
+        {
+            "name": "auto",
+            "tiers": [{"name": "small", "model": "gpt-4o-mini"}, {"name": "big", "model": "claude-gone"}],
+        }
+    ]
+    async with Relay(config) as relay:
+        messages = [{"role": "user", "content": "count me"}]
+        counted = await relay.count_tokens(ChatRequest(model="unreachable", messages=messages))
+        assert counted == (await relay.complete(model="gpt-4o-mini", messages=messages)).usage.prompt_tokens
+        for name in ("claude-gone", "auto"):
+            with pytest.raises(UpstreamConnectionError):
+                await relay.count_tokens(ChatRequest(model=name, messages=messages))

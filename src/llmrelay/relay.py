@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .cache import CacheStage
 from .catalog import Catalog
 from .config import Settings, with_simulator_port
-from .errors import AuthenticationError, ConfigError, InvalidRequestError
+from .errors import AuthenticationError, ConfigError, InvalidRequestError, UpstreamTimeout
 from .guardrails.input import GuardInput
 from .guardrails.output import GuardOutput
 from .jobs.service import JobService
@@ -35,6 +35,7 @@ from .providers.registry import build_providers
 from .reliability.breaker import Breakers, BreakerSettings, build_breakers
 from .reliability.executor import Executor
 from .routing.stage import RouteStage
+from .tokens import count_prompt_off_loop
 from .types import ChatRequest, ChatResponse, Chunk
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,31 @@ class Relay:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """Input tokens of ``request`` on its model (on a route, its frontier tier's model): the
+        upstream's own count where it has one (Anthropic's count_tokens), else llmrelay's
+        tokenizer (messages and tool definitions, as usage is estimated for an upstream that
+        reports none). Not a call: nothing is recorded, limited or billed."""
+        await self.start()
+        entry = self.catalog.get(self._counted_model(request.model))
+        deployment = next((d for d in entry.deployments if d.provider.kind == "anthropic"), None)
+        if deployment is None:
+            return await count_prompt_off_loop(request, entry.deployments[0].upstream)
+        execute = self.settings.execute
+        try:
+            async with asyncio.timeout(min(execute.attempt_timeout_s, execute.timeout_s)):
+                counted = await self.providers[deployment.provider_name].count_tokens(request, deployment)
+        except TimeoutError:
+            raise UpstreamTimeout(f"{deployment.provider_name} timed out counting tokens") from None
+        assert counted is not None  # an anthropic deployment always counts
+        return counted
+
+    def _counted_model(self, name: str) -> str:
+        for route in self.settings.routes:
+            if name in route.names:
+                return next(t.model for t in route.tiers if t.name == route.frontier_tier)
+        return name
 
     async def handle(self, call: Call) -> Result:
         """Run one call through the pipeline (the server's entry point)."""

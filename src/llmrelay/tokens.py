@@ -21,10 +21,11 @@ import types
 from collections.abc import Sequence
 from importlib import resources
 
+import orjson
 import tiktoken
 from tiktoken_ext import openai_public
 
-from .types import Message
+from .types import ChatRequest, Message
 
 _ENCODING_FILES = {"cl100k_base": "cl100k_base.tiktoken.gz", "o200k_base": "o200k_base.tiktoken.gz"}
 
@@ -125,6 +126,16 @@ def count_messages(messages: list[Message], model: str) -> int:
     return total
 
 
+def count_prompt(request: ChatRequest, model: str) -> int:
+    """Prompt tokens of a whole request: its messages (``count_messages``) and its tool
+    definitions, counted as their JSON text."""
+    tools = sum(
+        count_text(orjson.dumps(t.function.model_dump(exclude_none=True)).decode(), model)
+        for t in request.tools or ()
+    )
+    return count_messages(request.messages, model) + tools
+
+
 # Above this many bytes a prompt takes the tokenizer milliseconds (an 8 MB prompt ~4 s): count it on
 # a worker thread (tiktoken releases the GIL), so one long prompt does not stall every other request.
 LONG_PROMPT_BYTES = 65_536
@@ -135,6 +146,13 @@ async def count_messages_off_loop(messages: Sequence[Message], model: str) -> in
     if token_upper_bound(messages) <= LONG_PROMPT_BYTES:
         return count_messages(list(messages), model)
     return await asyncio.to_thread(count_messages, list(messages), model)
+
+
+async def count_prompt_off_loop(request: ChatRequest, model: str) -> int:
+    """``count_prompt``, on a worker thread when the prompt is long."""
+    if token_upper_bound(request.messages) <= LONG_PROMPT_BYTES:
+        return count_prompt(request, model)
+    return await asyncio.to_thread(count_prompt, request, model)
 
 
 def token_upper_bound(messages: Sequence[Message]) -> int:

@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..tokens import count_messages, count_text
 from ..types import ChatRequest, ChatResponse, Chunk, Moderation, Usage
-from . import openai_format
+from . import anthropic_format, openai_format
 
 
 class StreamDecoder(Protocol):
@@ -173,6 +173,24 @@ class HTTPProvider:
                 f"{self.name} sent a moderation answer that is not JSON", provider=self.name
             ) from None
         return openai_format.moderations_from_wire(parsed, len(texts))
+
+    async def count_tokens(self, request: ChatRequest, deployment: Deployment) -> int | None:
+        """The upstream's own count of the request's input tokens (Anthropic's count_tokens); None
+        for a dialect without one."""
+        if self.adapter.dialect != "anthropic":
+            return None
+        body = orjson.dumps(anthropic_format.count_request_to_wire(request, deployment.upstream))
+        raw = await self.fetch("POST", self._base + "/v1/messages/count_tokens", data=body)
+        try:
+            tokens = orjson.loads(raw)["input_tokens"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            tokens = None
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            raise UpstreamProtocolError(
+                f"{self.name} sent a token count without an integer input_tokens: {raw[:200]!r}",
+                provider=self.name,
+            )
+        return tokens
 
     async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[Chunk]:
         """Send the request and return its chunks once the upstream has answered 2xx.

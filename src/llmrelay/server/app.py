@@ -43,6 +43,7 @@ from ..keys.service import check_model
 from ..observability.recorder import emit
 from ..observability.records import CallRecord
 from ..pipeline import Call, Stream
+from ..providers import anthropic_format
 from ..relay import Relay
 from ..types import ChatResponse
 from .batches import BatchesAPI
@@ -68,6 +69,7 @@ class Gateway:
             "/v1/chat/completions": ("POST", self._openai_chat),
             "/chat/completions": ("POST", self._openai_chat),
             "/v1/messages": ("POST", self._anthropic_messages),
+            "/v1/messages/count_tokens": ("POST", self._count_tokens),
             "/v1/models": ("GET", self._models),
             "/models": ("GET", self._models),
             "/healthz": ("GET", self._health),
@@ -183,6 +185,15 @@ class Gateway:
 
     async def _anthropic_messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._chat(scope, receive, send, ANTHROPIC)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Anthropic's ``/v1/messages/count_tokens``, for any model served (``Relay.count_tokens``)."""
+        headers = request_headers(scope)
+        key = await self._authenticate(headers)
+        body = json_body(await read_body(receive, headers, self._body_limit))
+        request = anthropic_format.parse_count_request(body)
+        check_model(key, request.model)
+        await send_json(send, 200, {"input_tokens": await self.relay.count_tokens(request)})
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
         started = time.perf_counter()

@@ -19,7 +19,8 @@ from ..errors import (
     ModelNotFoundError,
     NotFoundError,
 )
-from ..tokens import count_messages, count_text
+from ..providers import anthropic_format
+from ..tokens import count_prompt, count_text
 from ..types import ChatRequest, ThinkingBlock, Usage
 from . import extras, thinking
 from .answer import Answer, decide, limit
@@ -232,7 +233,7 @@ class SimulatorApp:
         thought: ThinkingBlock | None = None,
     ) -> Usage:
         model = request.model
-        prompt = count_messages(request.messages, model) + _tool_tokens(request)
+        prompt = count_prompt(request, model)
         if answer.tool_name is not None:
             completion = count_text(answer.tool_name, model) + count_text(answer.tool_arguments or "", model)
         else:
@@ -296,12 +297,8 @@ class SimulatorApp:
     # --- other endpoints ----------------------------------------------------------------------
 
     async def _count_tokens(self, ex: Exchange) -> None:
-        body = await ex.json(self.settings.max_body_bytes)
-        if isinstance(body, dict) and body.get("max_tokens") is None:
-            body = {**body, "max_tokens": 1}  # count_tokens takes no max_tokens; parse_request needs one
-        request = ANTHROPIC.dialect.parse(body)
-        tokens = count_messages(request.messages, request.model) + _tool_tokens(request)
-        await ex.respond(200, orjson.dumps({"input_tokens": tokens}))
+        request = anthropic_format.parse_count_request(await ex.json(self.settings.max_body_bytes))
+        await ex.respond(200, orjson.dumps({"input_tokens": count_prompt(request, request.model)}))
 
     async def _embeddings(self, ex: Exchange) -> None:
         body = await ex.json(self.settings.max_body_bytes)
@@ -335,14 +332,6 @@ def _normalize(path: str) -> str:
     if path == "/health" or path.startswith("/v1/"):
         return path
     return "/v1" + path
-
-
-def _tool_tokens(request: ChatRequest) -> int:
-    """Tool definitions cost prompt tokens too: counted as their JSON text."""
-    return sum(
-        count_text(orjson.dumps(t.function.model_dump(exclude_none=True)).decode(), request.model)
-        for t in request.tools or ()
-    )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

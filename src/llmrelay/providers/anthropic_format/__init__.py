@@ -18,11 +18,17 @@ The code is split by concern: ``client_request`` (Anthropic client body -> canon
 """
 
 from .caching import apply_prompt_caching, min_cacheable_tokens
-from .client_request import parse_request
+from .client_request import parse_count_request, parse_request
 from .errors import error_message_from_wire, error_to_wire
 from .responses import parse_response, response_to_wire
 from .streams import Event, StreamDecoder, StreamEncoder
-from .upstream_request import DEFAULT_MAX_TOKENS, JSON_TOOL, request_to_wire, uses_json_tool
+from .upstream_request import (
+    DEFAULT_MAX_TOKENS,
+    JSON_TOOL,
+    count_request_to_wire,
+    request_to_wire,
+    uses_json_tool,
+)
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -31,9 +37,11 @@ __all__ = [
     "StreamDecoder",
     "StreamEncoder",
     "apply_prompt_caching",
+    "count_request_to_wire",
     "error_message_from_wire",
     "error_to_wire",
     "min_cacheable_tokens",
+    "parse_count_request",
     "parse_request",
     "parse_response",
     "request_to_wire",

@@ -55,6 +55,13 @@ def parse_request(body: Any) -> ChatRequest:
         raise invalid_request_from(exc) from None
 
 
+def parse_count_request(body: Any) -> ChatRequest:
+    """A ``/v1/messages/count_tokens`` body (a Messages body without ``max_tokens``) -> ChatRequest."""
+    if isinstance(body, dict) and body.get("max_tokens") is None:
+        body = {**body, "max_tokens": 1}  # parse_request needs one; counting ignores it
+    return parse_request(body)
+
+
 def _options_from_wire(body: dict[str, Any]) -> dict[str, Any]:
     """The scalar sampling/streaming options, renamed to their canonical fields."""
     options = {k: body[k] for k in ("temperature", "top_p", "stream") if body.get(k) is not None}

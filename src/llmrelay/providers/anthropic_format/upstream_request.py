@@ -84,6 +84,16 @@ def request_to_wire(request: ChatRequest, upstream_model: str, *, stream: bool) 
     return body
 
 
+# What Anthropic's count_tokens takes of a Messages body (sampling options and max_tokens are refused).
+_COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
+def count_request_to_wire(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
+    """ChatRequest -> the body of an upstream ``/v1/messages/count_tokens``."""
+    body = request_to_wire(request, upstream_model, stream=False)
+    return {k: body[k] for k in _COUNTED if k in body}
+
+
 def _system_to_wire(messages: list[Message]) -> str | list[dict[str, Any]] | None:
     """Every system/developer message, wherever it sits, hoisted into Anthropic's one system prompt:
     a string, or text blocks when a cache breakpoint has to be kept."""
