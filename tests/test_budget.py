@@ -5,6 +5,7 @@ each wire format, spend survives a restart, and two gateways sharing Redis hold 
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import anthropic
@@ -171,3 +172,28 @@ def test_two_gateways_sharing_redis_hold_one_budget(simulator, tmp_path):
         finally:
             stop_process(one)
             stop_process(two)
+
+
+def test_a_budget_in_redis_survives_redis_losing_it(simulator, tmp_path):
+    """Redis restarted without persistence (or evicted the counter) while the gateway runs: the
+    counter is filled again from the saved spend on the next call, not restarted from zero."""
+    import redis
+
+    with redis_prefix_that_expires("budget") as prefix:
+        cfg = config(simulator.url, tmp_path / "home", redis_url=REDIS_URL, budgets={"redis_prefix": prefix})
+        gw = serve_config(cfg, tmp_path)
+        try:
+            cost, estimate = probe(gw)
+            key = new_key(gw, 2 * cost + estimate)
+            for _ in range(2):
+                ask(gw, key["key"])
+            time.sleep(1.5)  # the ledger saves spend every second
+            with redis.Redis.from_url(REDIS_URL) as r:
+                lost = [k for k in r.scan_iter(f"{prefix}:*") if key["id"].encode() in k]
+                assert lost and r.delete(*lost) == len(lost)
+            assert spent(gw, key["id"]) == 2 * cost  # read back from the table
+            ask(gw, key["key"])  # the third still fits...
+            with pytest.raises(openai.RateLimitError):
+                ask(gw, key["key"])  # ...the fourth does not, as if Redis had lost nothing
+        finally:
+            stop_process(gw)

@@ -19,7 +19,7 @@ from ..errors import PermissionDeniedError, StoreUnavailable
 from ..observability.records import key_id
 from .hashing import hint, new_id, new_secret, secret_hash
 from .model import KeyLimits, VirtualKey
-from .spend import Ledger, LocalCounters, RedisCounters
+from .spend import Ledger, LocalCounters, RedisCounters, saved_spend
 from .store import KeyRecord, KeyStore, open_key_store
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class KeyService:
         """The spend ledger, started on first need (only the budget stage needs it)."""
         if self.ledger is None:
             counters = (
-                RedisCounters(self._redis_url, self._budgets.redis_prefix)
+                RedisCounters(self._redis_url, self._budgets.redis_prefix, saved=saved_spend(self.store))
                 if self._redis_url
                 else LocalCounters()
             )

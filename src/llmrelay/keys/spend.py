@@ -14,8 +14,10 @@ Two counter backends behind one ``Ledger``:
 Persistence: the ledger also adds each call's actual cost to ``budget_spend`` in the key store
 (batched, in the background, never on the request path). A gateway starting without Redis reads
 the current day's and month's counters from there, so a restart does not reset spend; with Redis,
-Redis holds the truth and the table seeds counters Redis has lost (``SET NX``). Spend recorded in
-the last second before a crash (the batch not yet flushed) is the bounded loss.
+Redis holds the truth, and a counter it does not have (a new period, or one it lost to a restart
+or an eviction, while gateways run or not) is filled from the table when a call first needs it
+(``SET NX``, before reserving). Spend recorded in the last second before a crash or a Redis loss
+(the batch not yet flushed) is the bounded loss.
 
 Redis unreachable fails open (the call goes ahead, a warning is logged at most once a minute):
 a budget outage must not become a gateway outage.
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -143,12 +145,21 @@ class LocalCounters:
         pass
 
 
-# KEYS: the counters. ARGV[1]: the amount; then per counter its limit (-1: none), then its TTL (ms).
+# KEYS: the counters. ARGV[1]: the amount; ARGV[2]: '1' to answer {-1} if a counter is missing
+# (reserve nothing: it is filled from the table first); then per counter its limit (-1: none),
+# then its TTL (ms).
 _RESERVE = """
 local amount = tonumber(ARGV[1])
 local n = #KEYS
+if ARGV[2] == '1' then
+  for i = 1, n do
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+      return {-1, '0'}
+    end
+  end
+end
 for i = 1, n do
-  local limit = tonumber(ARGV[1 + i])
+  local limit = tonumber(ARGV[2 + i])
   if limit >= 0 then
     local spent = tonumber(redis.call('GET', KEYS[i]) or '0')
     if spent >= limit or spent + amount > limit then
@@ -158,28 +169,42 @@ for i = 1, n do
 end
 for i = 1, n do
   redis.call('INCRBY', KEYS[i], amount)
-  redis.call('PEXPIRE', KEYS[i], ARGV[1 + n + i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[2 + n + i])
 end
 return {0, '0'}
 """
 
 
-# KEYS: the counters. ARGV[1]: the delta; then per counter its TTL (ms).
+# KEYS: the counters. ARGV[1]: the delta; then per counter its TTL (ms). A counter Redis has lost
+# since the reservation is left missing: a delta alone would stop it being filled from the table.
 _ADD = """
 for i = 1, #KEYS do
-  redis.call('INCRBY', KEYS[i], ARGV[1])
-  redis.call('PEXPIRE', KEYS[i], ARGV[1 + i])
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBY', KEYS[i], ARGV[1])
+    redis.call('PEXPIRE', KEYS[i], ARGV[1 + i])
+  end
 end
 return 0
 """
 
+# Reads saved spend: counter names ("<scope>|<period>") -> pico-dollars (absent: nothing saved).
+SavedSpend = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
+
 
 class RedisCounters:
-    def __init__(self, redis_url: str, prefix: str, *, timeout_s: float = 0.5) -> None:
+    """Counters in Redis, shared by replicas. A counter Redis does not have (a new period, or one
+    it lost: restarted without persistence, evicted) is filled from the saved spend on first use,
+    before anything is reserved on it, so a Redis restart does not reset budgets."""
+
+    def __init__(
+        self, redis_url: str, prefix: str, *, timeout_s: float = 0.5, saved: SavedSpend | None = None
+    ) -> None:
         self.prefix = prefix
         self._redis: Any = redis_client(redis_url, timeout_s=timeout_s, what="budgets (redis_url)")
         self._reserve = self._redis.register_script(_RESERVE)
         self._add = self._redis.register_script(_ADD)
+        self._saved = saved
+        self._timeout_s = timeout_s
         self._warned = 0.0
 
     def _key(self, counter: str) -> str:
@@ -187,13 +212,32 @@ class RedisCounters:
 
     async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
         keys = [self._key(c.counter) for c in charges]
-        args = [amount, *(-1 if c.limit is None else c.limit for c in charges), *(c.ttl_ms for c in charges)]
+        rules = [*(-1 if c.limit is None else c.limit for c in charges), *(c.ttl_ms for c in charges)]
         try:
-            index, spent = await self._reserve(keys=keys, args=args)
+            index, spent = await self._reserve(keys=keys, args=[amount, 1, *rules])
+            if int(index) == -1:
+                await self._fill([c.counter for c in charges])
+                index, spent = await self._reserve(keys=keys, args=[amount, 0, *rules])
         except Exception as exc:  # Redis down or slow: fail open
             self._warn(exc)
             return None
         return None if int(index) == 0 else (charges[int(index) - 1], int(Decimal(spent)))
+
+    async def _fill(self, counters: Sequence[str]) -> None:
+        """Set the missing ones among ``counters`` to their saved spend (NX: a replica that filled
+        one first, or a call counted on it since, wins)."""
+        values: dict[str, int] = {}
+        if self._saved is not None:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    values = await self._saved(counters)
+            except Exception as exc:  # the store is down or slow: count from here, and say so
+                log.warning("budgets: cannot read saved spend for %s (%s); counting from zero", counters, exc)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for counter in counters:
+                ttl = _DAY_TTL_MS if "|d:" in counter else _MONTH_TTL_MS
+                pipe.set(self._key(counter), values.get(counter, 0), nx=True, px=ttl)
+            await pipe.execute()
 
     async def add(self, charges: Sequence[Charge], delta: int) -> None:
         if not delta:
@@ -207,23 +251,17 @@ class RedisCounters:
 
     async def get(self, counter: str) -> int:
         try:
-            return int(await self._redis.get(self._key(counter)) or 0)
+            value = await self._redis.get(self._key(counter))
+            if value is None:
+                await self._fill([counter])
+                value = await self._redis.get(self._key(counter))
+            return int(value or 0)
         except Exception as exc:
             self._warn(exc)
             return 0
 
     async def seed(self, values: dict[str, int]) -> None:
-        # Redis holds the truth: the table only fills counters it lost (NX).
-        if not values:
-            return
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for counter, value in values.items():
-                    ttl = _DAY_TTL_MS if "|d:" in counter else _MONTH_TTL_MS
-                    pipe.set(self._key(counter), value, nx=True, px=ttl)
-                await pipe.execute()
-        except Exception as exc:
-            self._warn(exc)
+        pass  # Redis holds the truth; a counter it lacks is filled from the table on first use
 
     def prune(self, keep: Sequence[str]) -> None:
         pass  # Redis expires them
@@ -236,6 +274,18 @@ class RedisCounters:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def saved_spend(store: KeyStore) -> SavedSpend:
+    """What ``store`` has saved for some counters (the ``SavedSpend`` of ``RedisCounters``)."""
+
+    async def read(counters: Sequence[str]) -> dict[str, int]:
+        split = [c.rpartition("|") for c in counters]  # a user name may hold "|", a period never
+        saved = await store.spend(sorted({p for _, _, p in split}), sorted({s for s, _, _ in split}))
+        wanted = set(counters)
+        return {f"{s}|{p}": v for (s, p), v in saved.items() if f"{s}|{p}" in wanted}
+
+    return read
 
 
 class Ledger:

@@ -161,15 +161,23 @@ class KeyStore:
         if rows:
             await self.db.execute_many(_ADD_SPEND, rows)
 
-    async def spend(self, periods: Sequence[str]) -> dict[tuple[str, str], int]:
-        """Every counter of these periods."""
-        if not periods:
+    async def spend(
+        self, periods: Sequence[str], scopes: Sequence[str] | None = None
+    ) -> dict[tuple[str, str], int]:
+        """Every counter of these periods (of these scopes only, when given)."""
+        if not periods or scopes == []:
             return {}
-        marks = ", ".join("?" * len(periods))
-        rows = await self.db.fetch(
-            f"SELECT scope, period, spent_pico FROM budget_spend WHERE period IN ({marks})", periods
-        )
+        sql = f"SELECT scope, period, spent_pico FROM budget_spend WHERE period IN ({_marks(periods)})"
+        params = list(periods)
+        if scopes is not None:
+            sql += f" AND scope IN ({_marks(scopes)})"
+            params += scopes
+        rows = await self.db.fetch(sql, params)
         return {(scope, period): int(spent) for scope, period, spent in rows}
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
 
 
 class SqliteKeyStore(KeyStore):
