@@ -188,3 +188,34 @@ async def test_records_postgresql_refuses_are_set_aside_and_a_database_down_keep
     assert sorted(b"".join(p.read_bytes() for p in home.glob("rejected-*.jsonl")).splitlines()) == sorted(
         bad.values()
     )
+
+
+async def test_an_outage_logs_asyncpg_retries_as_one_line(database, caplog):
+    """asyncpg retries a lost pool connection in the background, logging a traceback each time:
+    through our filter, each retry is one line naming the error."""
+    import asyncio
+    import logging
+
+    from llmrelay.db import PostgresDatabase
+
+    proxy = TcpProxy(5432, free_port())
+    proxy.up()
+    db = PostgresDatabase(
+        f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}", migrations=[], label="test"
+    )
+    try:
+        await db.open()
+        assert await db.fetch("SELECT 1") == [(1,)]
+        with caplog.at_level(logging.WARNING, logger="asyncpg.pool"):
+            proxy.down()  # the pool's idle connection is cut, and reconnecting is refused
+            for _ in range(50):
+                retries = [r for r in caplog.records if r.name == "asyncpg.pool"]
+                if retries:
+                    break
+                await asyncio.sleep(0.1)
+        assert retries, "asyncpg did not try to restore its pool within 5 s"
+        assert retries[0].exc_info is None and "retrying" in retries[0].getMessage()
+        assert "Error" in retries[0].getMessage()  # the exception, named on the same line
+    finally:
+        await db.close()
+        proxy.close()

@@ -277,6 +277,25 @@ def rowcount(status: str) -> int:
     return int(status.split()[-1])
 
 
+class _OneLine(logging.Filter):
+    """asyncpg retries its pool's lost connections in the background (backing off to a minute) and
+    logs each failure with a traceback: during an outage, a page of the same stack a minute. The
+    one line is what an operator needs; our own "cannot connect" warnings say the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({record.exc_info[1]!r})"
+            record.args = None
+            record.exc_info = None
+        return True
+
+
+def _quiet_pool_retries() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())
+
+
 class PostgresDatabase(Database):
     """An asyncpg pool, opened after the migrations ran on a connection of their own."""
 
@@ -333,6 +352,7 @@ class PostgresDatabase(Database):
             await conn.close()
         if applied:
             log.info("%s: applied migrations %s on PostgreSQL at %s", self.label, ", ".join(applied), where)
+        _quiet_pool_retries()
         try:
             # The pool comes after the migrations: an ``init`` may copy the tables they made.
             self._pool = await asyncpg.create_pool(
