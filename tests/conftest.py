@@ -140,6 +140,7 @@ SIMULATOR_CONFIG = {
     "per_model": {
         **{f"fault-{kind}*": {"faults": {kind: 1.0}} for kind in FAULTS},  # fault-500-x too
         "slow-*": {"per_token_ms": 200},  # a 20-token reply streams for about 4 s
+        "reasoner-*": {"reasoning": True},  # answers with reasoning_content, as DeepSeek's do
     },
 }
 
@@ -205,6 +206,7 @@ def gateway_config(simulator_url: str, **server: object) -> dict:
                 "upstream": "gpt-4o-mini",
                 "capabilities": ["streaming"],
             },
+            {"name": "reasoner", "provider": "up-openai", "upstream": "reasoner-r1"},
             {"name": "unreachable", "provider": "down", "upstream": "gpt-4o-mini"},
             {"name": "needs-key", "provider": "keyless", "upstream": "gpt-4o-mini"},
             *(

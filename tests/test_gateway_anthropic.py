@@ -250,3 +250,23 @@ def test_count_tokens_refuses_what_messages_refuses(client):
         client.messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(anthropic.BadRequestError, match="messages"):
         client.messages.count_tokens(model="claude-haiku", messages=[])
+
+
+def test_a_reasoning_servers_reasoning_is_a_thinking_block(client):
+    """Behind an OpenAI-compatible reasoning server, an Anthropic client gets the reasoning as a
+    thinking block (with an empty signature: no provider signed it), and can send it back."""
+    message = client.messages.create(
+        model="reasoner", max_tokens=200, messages=[{"role": "user", "content": "hm"}]
+    )
+    thinking, text = message.content
+    assert thinking.type == "thinking" and thinking.signature == "" and "You said: hm" in thinking.thinking
+    history = [
+        {"role": "user", "content": "hm"},
+        {"role": "assistant", "content": [b.to_dict() for b in message.content]},
+        {"role": "user", "content": "ok"},
+    ]
+    for model in ("reasoner", "claude-haiku"):  # unsigned thinking is not sent to Claude either
+        assert (
+            client.messages.create(model=model, max_tokens=200, messages=history).content[-1].text
+            == "You said: ok"
+        )

@@ -210,3 +210,27 @@ def test_thinking_through_the_openai_route(client):
         .message
     )
     assert "thinking_blocks" not in (plain.model_extra or {})  # not sent to an OpenAI upstream
+
+
+def test_a_reasoning_servers_reasoning_content_comes_through(client):
+    """An OpenAI-compatible upstream that reasons (DeepSeek, vLLM) answers with `reasoning_content`:
+    it reaches the client, whole and streamed, and the message can be sent back as it is (the
+    upstream, like DeepSeek, refuses reasoning_content in history: the gateway leaves it out)."""
+    messages = [{"role": "user", "content": "think first"}]
+    answer = client.chat.completions.create(model="reasoner", messages=messages)
+    message = answer.choices[0].message
+    reasoning = message.model_extra["reasoning_content"]
+    assert "You said: think first" in reasoning and message.content == "You said: think first"
+    assert answer.usage.completion_tokens_details.reasoning_tokens > 0
+
+    pieces = [
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+        for c in client.chat.completions.create(model="reasoner", messages=messages, stream=True)
+        if c.choices
+    ]
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces) == reasoning
+
+    again = client.chat.completions.create(
+        model="reasoner", messages=[*messages, message, {"role": "user", "content": "and now?"}]
+    )
+    assert again.choices[0].message.content == "You said: and now?"

@@ -288,3 +288,25 @@ def test_error_message_from_any_body():
     assert of.error_message_from_wire(b'{"error": {"message": "nope", "type": "x"}}') == "nope"
     assert of.error_message_from_wire(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
     assert of.error_message_from_wire(b"") == "(empty body)"
+
+
+def test_reasoning_content_becomes_thinking_and_back() -> None:
+    body = {
+        "id": "c1",
+        "choices": [{"message": {"role": "assistant", "content": "4", "reasoning_content": "2+2"}}],
+    }
+    response = of.parse_response(body, "m")
+    assert response.choices[0].message.thinking_blocks[0].thinking == "2+2"
+    wire = of.response_to_wire(response)["choices"][0]["message"]
+    assert wire["reasoning_content"] == "2+2" and wire["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "2+2"}
+    ]
+
+    chunk = of.parse_chunk({"id": "c1", "choices": [{"delta": {"reasoning_content": "2+"}}]}, "m")
+    assert of.chunk_to_wire(chunk)["choices"][0]["delta"]["reasoning_content"] == "2+"
+
+    sent_back = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "?"}, {**body["choices"][0]["message"]}],
+    }
+    assert of.parse_request(sent_back).messages[1].thinking_blocks is None  # no model takes it back

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import GatewayError, InvalidRequestError, UpstreamProtocolError, invalid_request_from
-from ..types import ChatRequest, ChatResponse, Chunk, Moderation, Usage
+from ..types import ChatRequest, ChatResponse, Chunk, Delta, Moderation, Usage
 
 # --- requests ---------------------------------------------------------------------------------
 
@@ -20,10 +20,30 @@ def parse_request(body: Any) -> ChatRequest:
     """A client's chat-completions body -> ChatRequest, or a 400 naming the bad field."""
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    messages = body.get("messages")
+    if isinstance(messages, list) and any(isinstance(m, dict) and REASONING in m for m in messages):
+        # An answer's reasoning sent back with it (the SDK's message object, appended as it is):
+        # the text of its thinking_blocks, or a reasoning server's own; no model takes it back.
+        body = {**body, "messages": [_without_reasoning(m) for m in messages]}
     try:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
+
+
+# What OpenAI-compatible reasoning servers (DeepSeek, vLLM's reasoning parsers) call a message's
+# reasoning: canonical thinking, without a signature.
+REASONING = "reasoning_content"
+
+
+def _without_reasoning(message: Any) -> Any:
+    if not isinstance(message, dict) or REASONING not in message:
+        return message
+    return {k: v for k, v in message.items() if k != REASONING}
+
+
+def _thinking_text(blocks: list[dict[str, Any]]) -> str:
+    return "".join(b.get("thinking") or "" for b in blocks)
 
 
 def check_metadata(value: Any) -> dict[str, str] | None:
@@ -112,9 +132,7 @@ def parse_response(body: Any, model: str) -> ChatResponse:
             choices=[
                 {
                     "index": c.get("index", i),
-                    "message": {
-                        k: v for k, v in c["message"].items() if k in _MESSAGE_FIELDS and v is not None
-                    },
+                    "message": _message_from_wire(c["message"]),
                     "finish_reason": c.get("finish_reason"),
                 }
                 for i, c in enumerate(body["choices"])
@@ -129,6 +147,13 @@ def parse_response(body: Any, model: str) -> ChatResponse:
 _MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "refusal", "name"})
 
 
+def _message_from_wire(raw: dict[str, Any]) -> dict[str, Any]:
+    message = {k: v for k, v in raw.items() if k in _MESSAGE_FIELDS and v is not None}
+    if isinstance(raw.get(REASONING), str) and raw[REASONING]:
+        message["thinking_blocks"] = [{"type": "thinking", "thinking": raw[REASONING]}]
+    return message
+
+
 def response_to_wire(response: ChatResponse) -> dict[str, Any]:
     body = response.model_dump(exclude_none=True, exclude={"usage"})
     body["object"] = "chat.completion"
@@ -136,6 +161,10 @@ def response_to_wire(response: ChatResponse) -> dict[str, Any]:
         choice.setdefault("finish_reason", None)
         choice["logprobs"] = None
         choice["message"].setdefault("content", None)
+        if choice["message"].get("thinking_blocks"):
+            # Both spellings of the thinking: its blocks (signatures included, to send back to a
+            # Claude model) and its text, where reasoning servers' clients look for it.
+            choice["message"][REASONING] = _thinking_text(choice["message"]["thinking_blocks"])
     body["usage"] = usage_to_wire(response.usage)
     return body
 
@@ -154,11 +183,7 @@ def parse_chunk(data: Any, model: str) -> Chunk:
             choices=[
                 {
                     "index": c.get("index", 0),
-                    "delta": {
-                        k: v
-                        for k, v in (c.get("delta") or {}).items()
-                        if k in _DELTA_FIELDS and v is not None
-                    },
+                    "delta": _delta_from_wire(c.get("delta") or {}),
                     "finish_reason": c.get("finish_reason"),
                 }
                 for c in data.get("choices") or ()
@@ -172,6 +197,13 @@ def parse_chunk(data: Any, model: str) -> Chunk:
 _DELTA_FIELDS = frozenset({"role", "content", "tool_calls", "refusal"})
 
 
+def _delta_from_wire(raw: dict[str, Any]) -> dict[str, Any]:
+    delta = {k: v for k, v in raw.items() if k in _DELTA_FIELDS and v is not None}
+    if isinstance(raw.get(REASONING), str) and raw[REASONING]:
+        delta["thinking_blocks"] = [{"index": 0, "thinking": raw[REASONING]}]
+    return delta
+
+
 def chunk_to_wire(chunk: Chunk) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": chunk.id,
@@ -181,7 +213,7 @@ def chunk_to_wire(chunk: Chunk) -> dict[str, Any]:
         "choices": [
             {
                 "index": c.index,
-                "delta": c.delta.model_dump(exclude_none=True),
+                "delta": _delta_to_wire(c.delta),
                 "finish_reason": c.finish_reason,
                 "logprobs": None,
             }
@@ -191,6 +223,13 @@ def chunk_to_wire(chunk: Chunk) -> dict[str, Any]:
     if chunk.usage is not None:
         body["usage"] = usage_to_wire(chunk.usage)
     return body
+
+
+def _delta_to_wire(delta: Delta) -> dict[str, Any]:
+    wire = delta.model_dump(exclude_none=True)
+    if delta.thinking_blocks and (text := _thinking_text(wire["thinking_blocks"])):
+        wire[REASONING] = text
+    return wire
 
 
 # --- errors -----------------------------------------------------------------------------------

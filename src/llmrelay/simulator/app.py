@@ -208,7 +208,12 @@ class SimulatorApp:
         self, ex: Exchange, wire: Wire, request: ChatRequest, body: dict[str, Any]
     ) -> tuple[bytes | RenderedStream, int]:
         answer = limit(decide(request, self.rules, ex.headers.get(REPLY_HEADER)), request)
-        thought = thinking.thinking_for(request, answer.text or "") if wire is ANTHROPIC else None
+        if wire is ANTHROPIC:
+            thought = thinking.thinking_for(request, answer.text or "")
+        else:
+            thought = thinking.reasoning_for(
+                request, answer.text or "", self.settings.profile_for(request.model)
+            )
         usage = self._usage(request, wire, answer, body, thought)
         n = next(self._ids)
         response = build_response(
@@ -238,8 +243,9 @@ class SimulatorApp:
             completion = count_text(answer.tool_name, model) + count_text(answer.tool_arguments or "", model)
         else:
             completion = count_text(answer.text or "", model)
-        if thought is not None:  # thinking is billed as output, as Anthropic does
-            completion += count_text(thought.thinking or "", model)
+        # Thinking is billed as output; OpenAI-style usage also counts it apart.
+        reasoning = count_text(thought.thinking or "", model) if thought is not None else 0
+        completion += reasoning
         cache = CacheResult()
         if wire is ANTHROPIC:
             cache = self.cache.anthropic(body)  # on the wire body: breakpoints sit on its blocks
@@ -253,6 +259,7 @@ class SimulatorApp:
             cached_tokens=read,
             cache_write_tokens=write,
             cache_write_1h_tokens=min(cache.write_1h, write),
+            reasoning_tokens=reasoning if wire is OPENAI else 0,
         )
 
     async def _send_body(self, ex: Exchange, body: bytes, fault: str | None) -> None:

@@ -62,6 +62,8 @@ class ModelOverride(BaseModel):
     latency_ms: float | None = Field(default=None, ge=0)
     per_token_ms: float | None = Field(default=None, ge=0)
     faults: dict[FaultKind, float] | None = None
+    # Answers on the OpenAI wire carry `reasoning_content`, as reasoning servers' do (DeepSeek, vLLM).
+    reasoning: bool = False
 
     @field_validator("faults", mode="before")
     @classmethod
@@ -81,6 +83,7 @@ class ModelProfile:
     latency_ms: float
     per_token_ms: float
     faults: dict[str, float]
+    reasoning: bool = False
 
 
 class SimulatorSettings(BaseModel):
@@ -152,5 +155,6 @@ class SimulatorSettings(BaseModel):
                     latency_ms=self.latency_ms if o.latency_ms is None else o.latency_ms,
                     per_token_ms=self.per_token_ms if o.per_token_ms is None else o.per_token_ms,
                     faults=dict(self.faults if o.faults is None else o.faults),
+                    reasoning=o.reasoning,
                 )
         return ModelProfile(self.latency_ms, self.per_token_ms, dict(self.faults))

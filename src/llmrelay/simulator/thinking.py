@@ -15,6 +15,7 @@ import hmac
 
 from ..errors import InvalidRequestError
 from ..types import ChatRequest, NamedToolChoice, ThinkingBlock
+from .settings import ModelProfile
 
 MIN_BUDGET = 1024
 _KEY = b"llmrelay-simulator-thinking"
@@ -63,6 +64,16 @@ def thinking_for(request: ChatRequest, answer_text: str) -> ThinkingBlock | None
     """The answer's thinking block, when the request turned thinking on."""
     if not request.thinks:
         return None
-    planned = answer_text[:80] + ("..." if len(answer_text) > 80 else "")
-    text = f"The request asks for a reply; I will answer with: {planned}"
+    text = _planning(answer_text)
     return ThinkingBlock(thinking=text, signature=sign(text))
+
+
+def reasoning_for(request: ChatRequest, answer_text: str, profile: ModelProfile) -> ThinkingBlock | None:
+    """An OpenAI-wire answer's reasoning (``reasoning_content``, unsigned), for a model whose
+    profile says it reasons (``per_model: {"deepseek-r*": {"reasoning": true}}``)."""
+    return ThinkingBlock(thinking=_planning(answer_text)) if profile.reasoning else None
+
+
+def _planning(answer_text: str) -> str:
+    planned = answer_text[:80] + ("..." if len(answer_text) > 80 else "")
+    return f"The request asks for a reply; I will answer with: {planned}"

@@ -116,7 +116,10 @@ def _message_id(response_id: str) -> str:
 
 
 def thinking_to_wire(block: ThinkingBlock) -> dict[str, Any]:
-    return block.model_dump(exclude_none=True)
+    wire = block.model_dump(exclude_none=True)
+    if block.type == "thinking":  # a reasoning server's thinking has no signature; the SDK wants one
+        wire.setdefault("signature", "")
+    return wire
 
 
 def thinking_from_wire(block: dict[str, Any], at: str | None = None) -> ThinkingBlock:

@@ -169,9 +169,11 @@ def _message_to_wire(message: Message, where: str) -> dict[str, Any]:
     if message.role == "assistant" and message.tool_calls:
         calls = [_tool_use_to_wire(c, f"{where}.tool_calls.{j}") for j, c in enumerate(message.tool_calls)]
         content = _as_blocks(content) + calls
-    if message.role == "assistant" and message.thinking_blocks:
+    signed = [b for b in message.thinking_blocks or () if b.signature or b.type == "redacted_thinking"]
+    if message.role == "assistant" and signed:
         # Thinking goes first in the turn, as the model wrote it (Anthropic checks the order).
-        content = [thinking_to_wire(b) for b in message.thinking_blocks] + _as_blocks(content)
+        # Unsigned thinking (another model's reasoning) could only fail Anthropic's check: left out.
+        content = [thinking_to_wire(b) for b in signed] + _as_blocks(content)
     return {"role": message.role, "content": content}
 
 
