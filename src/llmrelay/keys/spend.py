@@ -100,9 +100,10 @@ class Counters(Protocol):
 
     async def get(self, counter: str) -> int: ...
 
-    # What the store remembers from before this process counted anything: added to what the
-    # counters hold (nothing at start; this process's own calls when the database was down then).
-    async def seed(self, values: dict[str, int]) -> None: ...
+    # What the store remembers from before this process counted anything (``read`` it): added to
+    # what the counters hold (nothing at start; this process's own calls when the database was
+    # down then). Counters that fill themselves from the store on first use read nothing here.
+    async def seed(self, read: Callable[[], Awaitable[dict[str, int]]]) -> None: ...
 
     def prune(self, keep: Sequence[str]) -> None: ...  # forget counters of periods not in ``keep``
 
@@ -134,8 +135,8 @@ class LocalCounters:
     async def get(self, counter: str) -> int:
         return self.values.get(counter, 0)
 
-    async def seed(self, values: dict[str, int]) -> None:
-        for counter, value in values.items():
+    async def seed(self, read: Callable[[], Awaitable[dict[str, int]]]) -> None:
+        for counter, value in (await read()).items():
             self.values[counter] = self.values.get(counter, 0) + value
 
     def prune(self, keep: Sequence[str]) -> None:
@@ -260,7 +261,7 @@ class RedisCounters:
             self._warn(exc)
             return 0
 
-    async def seed(self, values: dict[str, int]) -> None:
+    async def seed(self, read: Callable[[], Awaitable[dict[str, int]]]) -> None:
         pass  # Redis holds the truth; a counter it lacks is filled from the table on first use
 
     def prune(self, keep: Sequence[str]) -> None:
@@ -307,10 +308,13 @@ class Ledger:
         self._flusher = asyncio.create_task(self._flush_loop(), name="llmrelay-budget-flush")
 
     async def _seed(self) -> None:
-        day, month = periods()
-        known = await self.store.spend([day, month])
-        await self.counters.seed({f"{scope}|{period}": v for (scope, period), v in known.items()})
+        await self.counters.seed(self._saved_now)
         self._seeded = True
+
+    async def _saved_now(self) -> dict[str, int]:
+        """Every counter the store has for the current day and month."""
+        known = await self.store.spend(list(periods()))
+        return {f"{scope}|{period}": v for (scope, period), v in known.items()}
 
     async def reserve(self, charges: Sequence[Charge], amount: int) -> tuple[Charge, int] | None:
         if charges and charges[0].period not in self._periods:  # a new day: forget the old ones

@@ -15,6 +15,10 @@ from ..types import ChatRequest, ChatResponse, Chunk, Delta, Moderation, Usage
 
 # --- requests ---------------------------------------------------------------------------------
 
+# What OpenAI-compatible reasoning servers (DeepSeek, vLLM's reasoning parsers) call a message's
+# reasoning: canonical thinking, without a signature.
+REASONING = "reasoning_content"
+
 
 def parse_request(body: Any) -> ChatRequest:
     """A client's chat-completions body -> ChatRequest, or a 400 naming the bad field."""
@@ -29,11 +33,6 @@ def parse_request(body: Any) -> ChatRequest:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
-
-
-# What OpenAI-compatible reasoning servers (DeepSeek, vLLM's reasoning parsers) call a message's
-# reasoning: canonical thinking, without a signature.
-REASONING = "reasoning_content"
 
 
 def _without_reasoning(message: Any) -> Any:

@@ -155,7 +155,7 @@ class SimulatorApp:
         if self.fixed is not None:
             rendered, completion = self.fixed.get(wire, request)
         else:
-            rendered, completion = self._render(ex, wire, request, body)
+            rendered, completion = self._render(ex, wire, request, body, profile)
         if isinstance(rendered, RenderedStream):
             await self._send_stream(ex, wire, rendered, fault, latency_s, per_token_s)
         else:
@@ -205,15 +205,13 @@ class SimulatorApp:
         return value
 
     def _render(
-        self, ex: Exchange, wire: Wire, request: ChatRequest, body: dict[str, Any]
+        self, ex: Exchange, wire: Wire, request: ChatRequest, body: dict[str, Any], profile: ModelProfile
     ) -> tuple[bytes | RenderedStream, int]:
         answer = limit(decide(request, self.rules, ex.headers.get(REPLY_HEADER)), request)
         if wire is ANTHROPIC:
             thought = thinking.thinking_for(request, answer.text or "")
         else:
-            thought = thinking.reasoning_for(
-                request, answer.text or "", self.settings.profile_for(request.model)
-            )
+            thought = thinking.reasoning_for(answer.text or "", profile)
         usage = self._usage(request, wire, answer, body, thought)
         n = next(self._ids)
         response = build_response(

@@ -5,7 +5,8 @@ answer opens with a thinking block whose signature is an HMAC of its text. Like 
 simulator refuses a budget under 1,024 tokens or not under ``max_tokens``, a forced tool while
 thinking, and a thinking block sent back in history whose signature does not match its text (one
 altered or made up on the way); an OpenAI-wire request carrying ``thinking`` is refused as an
-unknown argument, as OpenAI does.
+unknown argument, as OpenAI does. A model whose profile says ``reasoning`` answers on the OpenAI
+wire with ``reasoning_content``, as reasoning servers (DeepSeek, vLLM) do.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def thinking_for(request: ChatRequest, answer_text: str) -> ThinkingBlock | None
     return ThinkingBlock(thinking=text, signature=sign(text))
 
 
-def reasoning_for(request: ChatRequest, answer_text: str, profile: ModelProfile) -> ThinkingBlock | None:
+def reasoning_for(answer_text: str, profile: ModelProfile) -> ThinkingBlock | None:
     """An OpenAI-wire answer's reasoning (``reasoning_content``, unsigned), for a model whose
     profile says it reasons (``per_model: {"deepseek-r*": {"reasoning": true}}``)."""
     return ThinkingBlock(thinking=_planning(answer_text)) if profile.reasoning else None
