@@ -19,6 +19,7 @@ import orjson
 from ..asgi import encode_headers, read_body, start_response, write
 from ..batch.multipart import form_parts
 from ..errors import GatewayError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+from . import thinking
 from .faults import error_for
 from .render import ANTHROPIC, OPENAI, Wire
 from .transport import Exchange
@@ -65,11 +66,13 @@ class SimulatorBatches:
         """One request of a batch, answered as the chat route would: (status, body)."""
         try:
             request = wire.dialect.parse(body)
+            thinking.check(request, anthropic=wire is ANTHROPIC)
             profile = self.app.settings.profile_for(request.model)
             error = error_for(self.app.faults.pick(None, profile.faults) or "", self.app.settings.retry_after)
             if error is not None:
                 raise error
-            rendered, _ = self.app._render(ex, wire, request.model_copy(update={"stream": False}), body)
+            single = request.model_copy(update={"stream": False})
+            rendered, _ = self.app._render(ex, wire, single, body, profile)
         except GatewayError as error:
             return error.status, wire.dialect.error(error)
         assert isinstance(rendered, bytes)
