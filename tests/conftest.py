@@ -135,6 +135,7 @@ SIMULATOR_CONFIG = {
         {"match": "fenced json please", "reply": 'Here it is:\n```json\n{"ok": true}\n```\nAnything else?'},
         {"match": "wrong city please", "json": {"city": 3}},
         {"match": ".", "model": "json-broken*", "reply": "Sorry, no JSON today."},
+        {"match": "please refuse", "reply": "I cannot help with that."},  # tests/test_guards.py
     ],
     # Upstream model "fault-<kind>" always fails that way; everything else is healthy.
     "per_model": {

@@ -63,6 +63,12 @@ def guard_config(simulator_url: str, home) -> dict:
             "guardrails": {"moderation": {"output": "block", "hold_streams": True}},
         },
         {
+            "name": "claude-moderated",
+            "provider": "up-anthropic",
+            "upstream": "claude-haiku-4-5",
+            "guardrails": {"moderation": {"output": "block"}},
+        },
+        {
             "name": "claude-guarded",
             "provider": "up-anthropic",
             "upstream": "claude-haiku-4-5",
@@ -323,6 +329,26 @@ def test_thinking_passes_output_redaction_unchanged(claude):
         {"role": "user", "content": "thanks"},
     ]
     assert claude.messages.create(messages=follow_up, **ask).content[-1].text == "You said: thanks"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_output_moderation_reads_the_thinking_too(claude, stream):
+    """The answer is harmless, its thinking is not: judging thinking changes nothing in it, so
+    moderation reads it with the text (streamed: the finish is held until both are judged)."""
+    ask = {
+        "model": "claude-moderated",
+        "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": f"{HARMFUL} (please refuse)"}],  # a simulator rule
+    }
+    with pytest.raises(anthropic.APIError, match="moderation"):
+        if stream:
+            with claude.messages.stream(**ask) as s:
+                s.get_final_message()
+        else:
+            claude.messages.create(**ask)
+    ask["thinking"] = {"type": "disabled"}  # the same answer without thinking passes
+    assert claude.messages.create(**ask).content[0].text == "I cannot help with that."
 
 
 def test_the_cache_keeps_the_redacted_answer(client):

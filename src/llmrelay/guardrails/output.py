@@ -26,7 +26,7 @@ from ..cache.entries import Assembler, chunks_of
 from ..config import GuardrailPolicy, JsonGuard
 from ..errors import GatewayError, GuardrailOutputInvalid, UpstreamProtocolError
 from ..pipeline import Call, Handler, Result, Stream
-from ..types import ChatResponse, Chunk
+from ..types import ChatResponse, Chunk, Message
 from .engines import Engines, RouteGuard
 from .jsonmode import JsonSpec, added, asking, reask_request, spec_for
 from .redaction import redact_response, redacted_stream
@@ -84,7 +84,12 @@ class GuardOutput(RouteGuard):
             if policy.pii.output != "off":
                 response = self._pii(call, response, policy)
             if policy.moderation.output != "off":
-                texts = [text for c in response.choices if (text := c.message.text())]
+                texts = [
+                    text
+                    for c in response.choices
+                    for text in (c.message.text(), _thinking(c.message))
+                    if text
+                ]
                 await self.engines.moderate(call, STAGE, policy.moderation.output, policy.moderation, texts)
         except GatewayError as error:
             error.usage = error.usage or response.usage  # the refused answer was paid for all the same
@@ -178,12 +183,16 @@ class GuardOutput(RouteGuard):
         """The stream as it comes, its text kept; the finish and usage chunks are held until the
         whole answer has been checked (PII flag/log, moderation), then sent, or an error raised."""
         texts: dict[int, list[str]] = {}
+        thoughts: dict[int, list[str]] = {}  # judged by moderation too, never changed (signatures)
         tail: list[Chunk] = []
         try:
             async for chunk in chunks:
                 for c in chunk.choices:
                     if c.delta.content:
                         texts.setdefault(c.index, []).append(c.delta.content)
+                    for piece in c.delta.thinking_blocks or ():
+                        if piece.thinking:
+                            thoughts.setdefault(c.index, []).append(piece.thinking)
                 if chunk.usage is not None or any(c.finish_reason for c in chunk.choices):
                     tail.append(chunk)
                 else:
@@ -204,13 +213,20 @@ class GuardOutput(RouteGuard):
                     note(call, "pii", STAGE, "pass")
             moderation = policy.moderation
             if moderation.output != "off":
-                texts_ = [a for a in answers if a]
+                thinking = ["".join(pieces) for _, pieces in sorted(thoughts.items())]
+                texts_ = [a for a in [*answers, *thinking] if a]
                 await self.engines.moderate(call, STAGE, moderation.output, moderation, texts_)
         except GatewayError as error:
             error.usage = usage
             raise
         for chunk in tail:
             yield chunk
+
+
+def _thinking(message: Message) -> str:
+    """An answer's thinking as text: moderation reads it with the answer (judging it changes
+    nothing; PII redaction cannot rewrite it, or its signature would fail)."""
+    return "".join(b.thinking or "" for b in message.thinking_blocks or ())
 
 
 def _validated(response: ChatResponse, spec: JsonSpec) -> tuple[ChatResponse, tuple[str, str] | None]:

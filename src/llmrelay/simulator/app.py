@@ -211,7 +211,7 @@ class SimulatorApp:
         if wire is ANTHROPIC:
             thought = thinking.thinking_for(request, answer.text or "")
         else:
-            thought = thinking.reasoning_for(answer.text or "", profile)
+            thought = thinking.reasoning_for(request, answer.text or "", profile)
         usage = self._usage(request, wire, answer, body, thought)
         n = next(self._ids)
         response = build_response(

@@ -16,6 +16,7 @@ import hmac
 
 from ..errors import InvalidRequestError
 from ..types import ChatRequest, NamedToolChoice, ThinkingBlock
+from .answer import last_user_text
 from .settings import ModelProfile
 
 MIN_BUDGET = 1024
@@ -65,16 +66,20 @@ def thinking_for(request: ChatRequest, answer_text: str) -> ThinkingBlock | None
     """The answer's thinking block, when the request turned thinking on."""
     if not request.thinks:
         return None
-    text = _planning(answer_text)
+    text = _planning(request, answer_text)
     return ThinkingBlock(thinking=text, signature=sign(text))
 
 
-def reasoning_for(answer_text: str, profile: ModelProfile) -> ThinkingBlock | None:
+def reasoning_for(request: ChatRequest, answer_text: str, profile: ModelProfile) -> ThinkingBlock | None:
     """An OpenAI-wire answer's reasoning (``reasoning_content``, unsigned), for a model whose
     profile says it reasons (``per_model: {"deepseek-r*": {"reasoning": true}}``)."""
-    return ThinkingBlock(thinking=_planning(answer_text)) if profile.reasoning else None
+    return ThinkingBlock(thinking=_planning(request, answer_text)) if profile.reasoning else None
 
 
-def _planning(answer_text: str) -> str:
-    planned = answer_text[:80] + ("..." if len(answer_text) > 80 else "")
-    return f"The request asks for a reply; I will answer with: {planned}"
+def _planning(request: ChatRequest, answer_text: str) -> str:
+    """The question restated, then the answer planned (so thinking can hold what the answer does not)."""
+    return f"The user wrote: {_short(last_user_text(request))} I will answer with: {_short(answer_text)}"
+
+
+def _short(text: str) -> str:
+    return text[:80] + ("..." if len(text) > 80 else "")
