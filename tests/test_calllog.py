@@ -9,6 +9,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import orjson
@@ -597,6 +598,26 @@ def _slice(pid: int, tid: str) -> int | None:
         if line.startswith("se.slice"):
             return int(line.split(":")[1])
     return None
+
+
+async def test_redacted_bodies_drop_the_words_of_thinking_too(gateway_home, tmp_path):
+    path, home = gateway_home
+    server = start_process(["serve", "--config", str(path)], free_port(), tmp_path, ready_path="/healthz")
+    try:
+        with anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0) as client:
+            raw = client.messages.with_raw_response.create(
+                model="claude",
+                max_tokens=2048,
+                thinking={"type": "enabled", "budget_tokens": 1024},
+                messages=[{"role": "user", "content": "my secret plan"}],
+            )
+    finally:
+        stop_process(server)
+    record = await recorded(home, raw.headers["x-llmrelay-request-id"])
+    assert record.request_body["thinking"] == {"type": "enabled", "budget_tokens": 1024}  # the option
+    (block,) = record.response_body["choices"][0]["message"]["thinking_blocks"]
+    assert block["thinking"].endswith(" chars>") and block["signature"].endswith(" chars>")
+    assert b"secret" not in orjson.dumps(record.response_body)
 
 
 async def test_bodies_follow_the_route_the_client_named(simulator, tmp_path):

@@ -268,11 +268,17 @@ def _body(body: Any, policy: BodyPolicy) -> Any:
     return None
 
 
+_WORDS = frozenset({"content", "text", "arguments"})
+# Words too when they are a string: a thinking block's text and signature, a redacted one's data,
+# a reasoning server's reasoning (``thinking`` is also the request's option object: kept).
+_WORDS_IF_TEXT = frozenset({"thinking", "signature", "data", "reasoning_content"})
+
+
 def _redact(value: Any) -> Any:
     """Keep the shape (roles, models, tool names, sizes), drop the words."""
     if isinstance(value, dict):
         return {
-            k: (_redact(v) if k not in ("content", "text", "arguments") else _size(v))
+            k: _size(v) if k in _WORDS or (k in _WORDS_IF_TEXT and isinstance(v, str)) else _redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list):
