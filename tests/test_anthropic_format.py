@@ -2292,67 +2292,25 @@ def test_redacted_and_plain_thinking_survive_a_stream_assembled_and_replayed() -
 
     start = {"id": "msg_R", "type": "message", "role": "assistant", "content": [], "model": "c"}
     start |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 1}}
+
+    def block(event: str, index: int, **data: Any) -> tuple[str, dict[str, Any]]:
+        return f"content_block_{event}", {"type": f"content_block_{event}", "index": index, **data}
+
+    redacted = {"type": "redacted_thinking", "data": "ENCRYPTED"}
+    finish = {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 30}}
     events = [
         ("message_start", {"type": "message_start", "message": start}),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "redacted_thinking", "data": "ENCRYPTED"},
-            },
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 1,
-                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "thinking_delta", "thinking": "Two "},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "thinking_delta", "thinking": "steps."},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "signature_delta", "signature": "SIG"},
-            },
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
-        (
-            "content_block_start",
-            {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}},
-        ),
-        (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "Done."}},
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 2}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": 30},
-            },
-        ),
+        block("start", 0, content_block=redacted),
+        block("stop", 0),
+        block("start", 1, content_block={"type": "thinking", "thinking": "", "signature": ""}),
+        block("delta", 1, delta={"type": "thinking_delta", "thinking": "Two "}),
+        block("delta", 1, delta={"type": "thinking_delta", "thinking": "steps."}),
+        block("delta", 1, delta={"type": "signature_delta", "signature": "SIG"}),
+        block("stop", 1),
+        block("start", 2, content_block={"type": "text", "text": ""}),
+        block("delta", 2, delta={"type": "text_delta", "text": "Done."}),
+        block("stop", 2),
+        ("message_delta", {"type": "message_delta", **finish}),
         ("message_stop", {"type": "message_stop"}),
     ]
     decoder, assembler = af.StreamDecoder("c"), Assembler()

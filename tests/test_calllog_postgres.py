@@ -48,11 +48,7 @@ async def test_database_down_mid_run_then_back_loses_nothing(simulator, database
     ids = []
     try:
         with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
-
-            def call() -> None:
-                raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
-                ids.append(raw.headers["x-llmrelay-request-id"])
-
+            call = _asking(client, ids)
             for _ in range(10):
                 call()
             proxy.down()  # the database goes away: the gateway must not notice
@@ -85,11 +81,7 @@ async def test_a_gateway_starts_and_serves_while_the_database_is_down(simulator,
     ids = []
     try:
         with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-admin", max_retries=0) as client:
-
-            def call() -> None:
-                raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
-                ids.append(raw.headers["x-llmrelay-request-id"])
-
+            call = _asking(client, ids)
             for _ in range(5):
                 call()
             down = httpx.get(server.url + "/dashboard/api/recent", headers=admin)
@@ -113,8 +105,18 @@ async def test_a_gateway_starts_and_serves_while_the_database_is_down(simulator,
         stop_process(server)
         proxy.close()
     assert len(ids) == 7
-    log = server.log()  # (asyncpg logs its own tracebacks while it cannot refill its pool)
+    log = server.log()
     assert "unexpected error" not in log and "Exception in ASGI application" not in log
+
+
+def _asking(client: openai.OpenAI, ids: list[str]):
+    """A function that makes one call and keeps its request id."""
+
+    def call() -> None:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+        ids.append(raw.headers["x-llmrelay-request-id"])
+
+    return call
 
 
 def _gateway_through(proxy: TcpProxy, simulator, database: str, tmp_path, **settings):

@@ -231,18 +231,14 @@ class Relay:
         tokenizer (messages and tool definitions, as usage is estimated for an upstream that
         reports none). Not a call: nothing is recorded, limited or billed."""
         await self.start()
-        entry = self.catalog.get(self._counted_model(request.model))
-        deployment = next((d for d in entry.deployments if d.provider.kind == "anthropic"), None)
-        if deployment is None:
-            return await count_prompt_off_loop(request, entry.deployments[0].upstream)
+        deployment = self.catalog.get(self._counted_model(request.model)).deployments[0]
         execute = self.settings.execute
         try:
             async with asyncio.timeout(min(execute.attempt_timeout_s, execute.timeout_s)):
                 counted = await self.providers[deployment.provider_name].count_tokens(request, deployment)
         except TimeoutError:
             raise UpstreamTimeout(f"{deployment.provider_name} timed out counting tokens") from None
-        assert counted is not None  # an anthropic deployment always counts
-        return counted
+        return counted if counted is not None else await count_prompt_off_loop(request, deployment.upstream)
 
     def _counted_model(self, name: str) -> str:
         for route in self.settings.routes:

@@ -110,6 +110,10 @@ class Message(_Model):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
+    def thinking_text(self) -> str:
+        """The text of the turn's thinking blocks, joined (redacted blocks have none)."""
+        return "".join(b.thinking or "" for b in self.thinking_blocks or ())
+
 
 # --- tools and output format ------------------------------------------------------------------
 
@@ -290,6 +294,10 @@ class Delta(_Model):
     tool_calls: list[ToolCallDelta] | None = None
     refusal: str | None = None
     thinking_blocks: list[ThinkingDelta] | None = None
+
+    def thinking_text(self) -> str:
+        """The text of this delta's thinking pieces, joined."""
+        return "".join(p.thinking or "" for p in self.thinking_blocks or ())
 
     @property
     def has_output(self) -> bool:

@@ -6,8 +6,9 @@ validated. In order, each only when the route's policy turns it on:
    json_schema) or the route always wants it: fences stripped, parsed, validated against the
    schema; an invalid answer is asked for again once, with what is wrong appended (one more
    attempt on the record, its tokens added to the usage); still invalid: a 502 ``guardrail_json``;
-2. PII redaction (or block, flag, log);
-3. moderation of the answer.
+2. PII redaction (or block, flag, log) of the answer's text; thinking is left as it is (a changed
+   thinking block fails its signature when it is sent back);
+3. moderation of the answer, its thinking included (judging changes nothing).
 
 Streams: JSON enforcement (and moderation with ``hold_streams``) needs the whole answer, so the
 stream is read to its end, checked as a complete answer, then replayed: no streaming latency
@@ -26,7 +27,7 @@ from ..cache.entries import Assembler, chunks_of
 from ..config import GuardrailPolicy, JsonGuard
 from ..errors import GatewayError, GuardrailOutputInvalid, UpstreamProtocolError
 from ..pipeline import Call, Handler, Result, Stream
-from ..types import ChatResponse, Chunk, Message
+from ..types import ChatResponse, Chunk
 from .engines import Engines, RouteGuard
 from .jsonmode import JsonSpec, added, asking, reask_request, spec_for
 from .redaction import redact_response, redacted_stream
@@ -87,7 +88,7 @@ class GuardOutput(RouteGuard):
                 texts = [
                     text
                     for c in response.choices
-                    for text in (c.message.text(), _thinking(c.message))
+                    for text in (c.message.text(), c.message.thinking_text())
                     if text
                 ]
                 await self.engines.moderate(call, STAGE, policy.moderation.output, policy.moderation, texts)
@@ -190,9 +191,8 @@ class GuardOutput(RouteGuard):
                 for c in chunk.choices:
                     if c.delta.content:
                         texts.setdefault(c.index, []).append(c.delta.content)
-                    for piece in c.delta.thinking_blocks or ():
-                        if piece.thinking:
-                            thoughts.setdefault(c.index, []).append(piece.thinking)
+                    if thought := c.delta.thinking_text():
+                        thoughts.setdefault(c.index, []).append(thought)
                 if chunk.usage is not None or any(c.finish_reason for c in chunk.choices):
                     tail.append(chunk)
                 else:
@@ -221,12 +221,6 @@ class GuardOutput(RouteGuard):
             raise
         for chunk in tail:
             yield chunk
-
-
-def _thinking(message: Message) -> str:
-    """An answer's thinking as text: moderation reads it with the answer (judging it changes
-    nothing; PII redaction cannot rewrite it, or its signature would fail)."""
-    return "".join(b.thinking or "" for b in message.thinking_blocks or ())
 
 
 def _validated(response: ChatResponse, spec: JsonSpec) -> tuple[ChatResponse, tuple[str, str] | None]:

@@ -41,10 +41,6 @@ def _without_reasoning(message: Any) -> Any:
     return {k: v for k, v in message.items() if k != REASONING}
 
 
-def _thinking_text(blocks: list[dict[str, Any]]) -> str:
-    return "".join(b.get("thinking") or "" for b in blocks)
-
-
 def check_metadata(value: Any) -> dict[str, str] | None:
     """OpenAI's ``metadata`` rule (batches, jobs): up to 16 string pairs, keys up to 64 characters,
     values up to 512; None when absent, a 400 naming the field otherwise."""
@@ -156,14 +152,14 @@ def _message_from_wire(raw: dict[str, Any]) -> dict[str, Any]:
 def response_to_wire(response: ChatResponse) -> dict[str, Any]:
     body = response.model_dump(exclude_none=True, exclude={"usage"})
     body["object"] = "chat.completion"
-    for choice in body["choices"]:
+    for choice, canonical in zip(body["choices"], response.choices, strict=True):
         choice.setdefault("finish_reason", None)
         choice["logprobs"] = None
         choice["message"].setdefault("content", None)
-        if choice["message"].get("thinking_blocks"):
+        if canonical.message.thinking_blocks:
             # Both spellings of the thinking: its blocks (signatures included, to send back to a
             # Claude model) and its text, where reasoning servers' clients look for it.
-            choice["message"][REASONING] = _thinking_text(choice["message"]["thinking_blocks"])
+            choice["message"][REASONING] = canonical.message.thinking_text()
     body["usage"] = usage_to_wire(response.usage)
     return body
 
@@ -226,7 +222,7 @@ def chunk_to_wire(chunk: Chunk) -> dict[str, Any]:
 
 def _delta_to_wire(delta: Delta) -> dict[str, Any]:
     wire = delta.model_dump(exclude_none=True)
-    if delta.thinking_blocks and (text := _thinking_text(wire["thinking_blocks"])):
+    if text := delta.thinking_text():
         wire[REASONING] = text
     return wire
 
